@@ -1,0 +1,1 @@
+"""earn adapters: Postgres."""

@@ -1,0 +1,149 @@
+"""earn's repository: plain SQL over its own schema, inside the caller's transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from loyalty.programs import ProgramDefinition
+
+# Definitions never change once applied under a version: parse each once per process.
+_parsed: dict[tuple[str, int], ProgramDefinition] = {}
+
+
+@dataclass(frozen=True)
+class Member:
+    member_id: str
+    program_id: str
+    locale: str
+    preferred_channel: str | None
+    phone: str | None
+    email: str | None
+
+
+@dataclass(frozen=True)
+class Order:
+    member_id: str
+    event_id: str
+    program_version: int
+    total: Decimal
+    points: int
+    returned_amount: Decimal
+    points_reversed: int
+
+
+class EarnRepository:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    # Programs
+    async def current_program(self, program_id: str) -> tuple[int, ProgramDefinition] | None:
+        version = await self.conn.fetchval(
+            "SELECT version FROM programs WHERE program_id = $1", program_id)
+        if version is None:
+            return None
+        return version, await self.program_version(program_id, version)
+
+    async def program_version(self, program_id: str, version: int) -> ProgramDefinition:
+        key = (program_id, version)
+        if key not in _parsed:
+            definition = await self.conn.fetchval(
+                "SELECT definition FROM program_versions WHERE program_id = $1 AND version = $2",
+                program_id, version)
+            _parsed[key] = ProgramDefinition.from_message(definition)
+        return _parsed[key]
+
+    async def apply_program(self, program: ProgramDefinition) -> int | None:
+        """Store a new version if the definition changed; return it (None: unchanged)."""
+        digest = program.content_hash()
+        current = await self.conn.fetchrow(
+            "SELECT p.version, v.content_hash FROM programs p JOIN program_versions v"
+            " USING (program_id, version) WHERE p.program_id = $1 FOR UPDATE OF p", program.id)
+        if current is not None and current["content_hash"] == digest:
+            return None
+        version = 1 if current is None else current["version"] + 1
+        await self.conn.execute(
+            "INSERT INTO program_versions (program_id, version, content_hash, definition)"
+            " VALUES ($1, $2, $3, $4)", program.id, version, digest, program.to_message())
+        await self.conn.execute(
+            "INSERT INTO programs (program_id, version) VALUES ($1, $2)"
+            " ON CONFLICT (program_id) DO UPDATE SET version = EXCLUDED.version",
+            program.id, version)
+        return version
+
+    # Members
+    async def find_members(self, program_id: str,
+                           identifiers: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        rows = await self.conn.fetch(
+            "SELECT kind, value, member_id FROM identifiers WHERE program_id = $1"
+            " AND (kind, value) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
+            program_id, [k for k, _ in identifiers], [v for _, v in identifiers])
+        return {(r["kind"], r["value"]): r["member_id"] for r in rows}
+
+    async def member(self, member_id: str) -> Member | None:
+        row = await self.conn.fetchrow(
+            "SELECT member_id, program_id, locale, preferred_channel, phone, email"
+            " FROM members WHERE member_id = $1", member_id)
+        return Member(**dict(row)) if row else None
+
+    async def add_member(self, member: Member, enrolled_at: datetime) -> None:
+        await self.conn.execute(
+            "INSERT INTO members (member_id, program_id, locale, preferred_channel, phone, email,"
+            " enrolled_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            member.member_id, member.program_id, member.locale, member.preferred_channel,
+            member.phone, member.email, enrolled_at)
+
+    async def link(self, program_id: str, member_id: str, identifiers: list[tuple[str, str]],
+                   at: datetime) -> None:
+        await self.conn.execute(
+            "INSERT INTO identifiers (program_id, kind, value, member_id, linked_at)"
+            " SELECT $1, k, v, $2, $4 FROM unnest($3::text[], $5::text[]) AS t(k, v)",
+            program_id, member_id, [k for k, _ in identifiers], at, [v for _, v in identifiers])
+        contact = dict(identifiers)
+        await self.conn.execute(
+            "UPDATE members SET phone = coalesce(phone, $2), email = coalesce(email, $3)"
+            " WHERE member_id = $1", member_id, contact.get("phone"), contact.get("email"))
+
+    async def points_earned_since(self, member_id: str, since: datetime) -> int:
+        return await self.conn.fetchval(
+            "SELECT coalesce(sum(points - points_reversed), 0) FROM orders"
+            " WHERE member_id = $1 AND occurred_at >= $2", member_id, since)
+
+    # Orders
+    async def add_order(self, *, program_id: str, order_id: str, event_id: str, member_id: str,
+                        program_version: int, channel: str, currency: str, total: Decimal,
+                        points: int, breakdown: list[dict[str, Any]],
+                        occurred_at: datetime) -> str | None:
+        """Insert the order; if it exists already, return the event id that created it."""
+        inserted = await self.conn.fetchval(
+            "INSERT INTO orders (program_id, order_id, event_id, member_id, program_version,"
+            " channel, currency, total, points, breakdown, occurred_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            " ON CONFLICT (program_id, order_id) DO NOTHING RETURNING true",
+            program_id, order_id, event_id, member_id, program_version, channel, currency, total,
+            points, breakdown, occurred_at)
+        if inserted:
+            return None
+        return await self.conn.fetchval(
+            "SELECT event_id FROM orders WHERE program_id = $1 AND order_id = $2",
+            program_id, order_id)
+
+    async def skip(self, *, event_id: str, program_id: str, reason_code: str, reason: str,
+                   occurred_at: datetime) -> None:
+        await self.conn.execute(
+            "INSERT INTO skipped (event_id, program_id, reason_code, reason, occurred_at)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            event_id, program_id, reason_code, reason, occurred_at)
+
+
+class EarnQueries:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def program(self, program_id: str) -> tuple[int, ProgramDefinition] | None:
+        async with self.pool.acquire() as conn:
+            return await EarnRepository(conn).current_program(program_id)

@@ -1,0 +1,231 @@
+"""The earning rules of DOMAIN.md "Earning", as pure functions of a program and a purchase.
+
+Order of the computation (each step's share is one breakdown line, so a member can see why):
+1. `min_total`: a total below it earns nothing.
+2. `base`: total x points_per_unit.
+3. `category:<name>`: each item line of a category with a multiplier adds
+   line amount x points_per_unit x (multiplier - 1). When the lines add up to more than the
+   total (an order discount), their amounts are scaled down to what was paid; when they add up
+   to less, the rest is unlisted (fees, items without category) and earns the base only.
+4. `campaign:<id>`: every campaign active at `occurred_at` on the purchase's channel multiplies
+   the running amount (several multiply together).
+5. `tier:<id>`: the member's tier multiplier, from points earned in the last 12 months.
+6. Rounding (floor, half up, ceil) happens once, on that rate-derived amount. Each breakdown
+   line shows the change of the rounded running amount, so the lines add up to the points.
+7. `sku_bonus:<sku>`: flat whole points per unit bought, not multiplied: a bonus states a
+   number of points and must mean exactly that.
+8. `cap`: max_points_per_order limits the whole order, bonuses included.
+
+The arithmetic is exact (fractions), so rounding never trips over a 0.999... artefact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
+
+from loyalty.programs import ProgramDefinition
+
+CHANNELS = ("pos", "ecommerce")
+_TIMES = "\N{MULTIPLICATION SIGN}"
+
+
+class InvalidPurchase(ValueError):
+    """The sender's mistake in a purchase (negative amounts, naive time, unknown channel)."""
+
+
+@dataclass(frozen=True)
+class Line:
+    sku: str
+    category: str | None
+    quantity: Decimal
+    unit_price: Decimal
+
+    def __post_init__(self) -> None:
+        if self.quantity < 0 or self.unit_price < 0:
+            raise InvalidPurchase(f"item {self.sku}: quantity and unit_price must be >= 0")
+
+    @property
+    def amount(self) -> Decimal:
+        return self.quantity * self.unit_price
+
+
+@dataclass(frozen=True)
+class Purchase:
+    total: Decimal
+    channel: str
+    occurred_at: datetime
+    items: tuple[Line, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Discounts show as a total below the lines, never as negative amounts.
+        if self.total < 0:
+            raise InvalidPurchase("total must be >= 0")
+        if self.channel not in CHANNELS:
+            raise InvalidPurchase(f"channel must be one of {CHANNELS}, not {self.channel!r}")
+        if self.occurred_at.tzinfo is None:
+            raise InvalidPurchase("occurred_at must carry a UTC offset")
+
+
+@dataclass(frozen=True)
+class BreakdownLine:
+    rule: str  # "base", "category:beverages", "sku_bonus:BEANS-1KG", "tier:gold", "cap", ...
+    points: int
+    detail: str  # the human phrase this rule contributes to `Earning.reason`
+
+
+@dataclass(frozen=True)
+class Earning:
+    points: int
+    breakdown: tuple[BreakdownLine, ...]
+    tier_id: str
+
+    @property
+    def reason(self) -> str:
+        """E.g. "12.40 EUR x 10 pts/EUR = 124; beverages x2 +74; tier gold x1.5 +99" (with the
+        multiplication sign, which members read more easily than an x)."""
+        return "; ".join(line.detail for line in self.breakdown)
+
+
+def _number(value: Decimal) -> str:
+    """2 rather than 2.0 or 2E+0, for multipliers and rates in reasons."""
+    return format(value.normalize(), "f")
+
+
+def _round(amount: Fraction, rounding: str) -> int:
+    if rounding == "floor":
+        return math.floor(amount)
+    if rounding == "ceil":
+        return math.ceil(amount)
+    return math.floor(amount + Fraction(1, 2))  # "round" is half up
+
+
+def _category_amounts(lines: Iterable[Line], multipliers: dict[str, Decimal]) -> dict[str, Decimal]:
+    amounts: dict[str, Decimal] = {}
+    for line in lines:
+        if line.category in multipliers:
+            amounts[line.category] = amounts.get(line.category, Decimal(0)) + line.amount
+    return amounts
+
+
+def _bonus_quantities(lines: Iterable[Line], bonuses: dict[str, int]) -> dict[str, Decimal]:
+    # Summed per SKU first, so a SKU split over two lines rounds once and shows once.
+    quantities: dict[str, Decimal] = {}
+    for line in lines:
+        if bonuses.get(line.sku):
+            quantities[line.sku] = quantities.get(line.sku, Decimal(0)) + line.quantity
+    return quantities
+
+
+def compute_points(
+    program: ProgramDefinition, purchase: Purchase, points_last_12_months: int
+) -> Earning:
+    """Points a purchase earns under `program` for a member with that recent earning."""
+    rules = program.earning
+    currency = program.currency
+    tier = program.tier_for(points_last_12_months)
+
+    if purchase.total < rules.min_total:
+        detail = f"total {purchase.total} {currency} below the minimum {rules.min_total} {currency}"
+        return Earning(0, (BreakdownLine("min_total", 0, detail),), tier.id)
+
+    breakdown: list[BreakdownLine] = []
+    rate = Fraction(rules.points_per_unit)
+    running = Fraction(purchase.total) * rate
+    shown = _round(running, rules.rounding)  # what the lines so far add up to
+    breakdown.append(
+        BreakdownLine(
+            "base",
+            shown,
+            f"{purchase.total} {currency} {_TIMES} {_number(rules.points_per_unit)} pts/{currency}"
+            f" = {shown}",
+        )
+    )
+
+    def apply(rule: str, new_running: Fraction, phrase: str) -> None:
+        nonlocal running, shown
+        running = new_running
+        rounded = _round(running, rules.rounding)
+        breakdown.append(BreakdownLine(rule, rounded - shown, f"{phrase} {rounded - shown:+d}"))
+        shown = rounded
+
+    lines_total = sum((line.amount for line in purchase.items), Decimal(0))
+    # Scale down only: lines above the total mean a discount; below it, unlisted extras.
+    scale = (
+        Fraction(purchase.total) / Fraction(lines_total)
+        if lines_total > purchase.total
+        else Fraction(1)
+    )
+    for category, amount in _category_amounts(purchase.items, rules.category_multipliers).items():
+        multiplier = rules.category_multipliers[category]
+        if multiplier != 1:
+            extra = Fraction(amount) * scale * rate * (Fraction(multiplier) - 1)
+            phrase = f"{category} {_TIMES}{_number(multiplier)}"
+            apply(f"category:{category}", running + extra, phrase)
+
+    for campaign in rules.campaigns:
+        if campaign.is_active(purchase.occurred_at, purchase.channel):
+            apply(
+                f"campaign:{campaign.id}",
+                running * Fraction(campaign.multiplier),
+                f"campaign {campaign.id} {_TIMES}{_number(campaign.multiplier)}",
+            )
+
+    if tier.multiplier != 1:
+        apply(
+            f"tier:{tier.id}",
+            running * Fraction(tier.multiplier),
+            f"tier {tier.id} {_TIMES}{_number(tier.multiplier)}",
+        )
+
+    points = shown
+    for sku, quantity in _bonus_quantities(purchase.items, rules.sku_bonus).items():
+        bonus_per_unit = rules.sku_bonus[sku]
+        # Whole points only, rounded down: 0.5 kg of a 100-point SKU earns 50.
+        bonus = math.floor(bonus_per_unit * Fraction(quantity))
+        detail = f"{sku} {_number(quantity)} {_TIMES} {bonus_per_unit} {bonus:+d}"
+        breakdown.append(BreakdownLine(f"sku_bonus:{sku}", bonus, detail))
+        points += bonus
+
+    cap = rules.max_points_per_order
+    if cap is not None and points > cap:
+        breakdown.append(BreakdownLine("cap", cap - points, f"capped at {cap}"))
+        points = cap
+
+    return Earning(points, tuple(breakdown), tier.id)
+
+
+def activity_points(program: ProgramDefinition, activity: str) -> int | None:
+    """Points for a non-purchase activity; None when the program does not reward it."""
+    return program.earning.activities.get(activity)
+
+
+def return_points(
+    earned_points: int,
+    purchase_total: Decimal,
+    already_returned_amount: Decimal,
+    already_reversed_points: int,
+    return_amount: Decimal,
+) -> int:
+    """Points to take back for a return, pro rata to the amount under the original earning.
+
+    Computed on the cumulative amount returned so far, not per return, so rounding never adds
+    up across partial returns: they never take back more than was earned, and once the whole
+    total is returned exactly all of it has been taken back.
+    """
+    if earned_points < 0 or already_reversed_points < 0:
+        raise ValueError("points must be >= 0")
+    if purchase_total < 0 or already_returned_amount < 0 or return_amount < 0:
+        raise ValueError("amounts must be >= 0")
+    returned_amount = already_returned_amount + return_amount
+    if purchase_total == 0 or returned_amount >= purchase_total:
+        reversed_total = earned_points
+    else:
+        reversed_total = math.floor(
+            earned_points * Fraction(returned_amount) / Fraction(purchase_total)
+        )
+    return max(0, reversed_total - already_reversed_points)

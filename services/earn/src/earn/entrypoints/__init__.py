@@ -1,0 +1,1 @@
+"""earn entrypoints: Kafka subscribers and HTTP routes."""

@@ -1,0 +1,60 @@
+"""earn's subscribers: decode, validate, call one handler. No business logic here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from earn import handlers
+from earn.adapters.postgres import EarnRepository
+from loyalty import topics
+from loyalty.contracts import LedgerEvent, PurchaseEvent
+from loyalty.messaging import Envelope, Outbox, Rejected, validate
+from loyalty.programs import ProgramDefinition, ProgramFileError
+from loyalty.service import Runtime
+
+
+def decode_program(payload: dict[str, Any]) -> tuple[str, ProgramDefinition]:
+    body = {k: v for k, v in payload.items() if k not in ("type", "event_id")}
+    try:
+        program = ProgramDefinition.from_message(body)
+    except (ProgramFileError, ValueError) as exc:
+        raise Rejected("invalid_program", str(exc)) from None
+    return str(payload.get("event_id") or program.id), program
+
+
+def decode_purchase(payload: dict[str, Any]) -> tuple[str, PurchaseEvent]:
+    event = validate(PurchaseEvent, payload)
+    return event.event_id, event
+
+
+def decode_ledger_event(payload: dict[str, Any]) -> tuple[str, LedgerEvent]:
+    event = validate(LedgerEvent, payload)
+    return event.event_id, event
+
+
+def wire(runtime: Runtime) -> None:
+    deps = handlers.Deps(clock=runtime.clock, ids=runtime.ids)
+
+    async def on_program(conn: asyncpg.Connection, env: Envelope[ProgramDefinition],
+                         _: Outbox) -> None:
+        await handlers.apply_program(EarnRepository(conn), env.message)
+
+    async def on_purchase(conn: asyncpg.Connection, env: Envelope[PurchaseEvent],
+                          outbox: Outbox) -> None:
+        event = env.message
+        if event.type == "purchase.completed":
+            await handlers.purchase_completed(EarnRepository(conn), deps, event, outbox)
+        else:
+            raise Rejected("unsupported_type", f"{event.type} is not handled yet")
+
+    async def on_ledger_event(conn: asyncpg.Connection, env: Envelope[LedgerEvent],
+                              outbox: Outbox) -> None:
+        await handlers.notify_movement(EarnRepository(conn), env.message, outbox)
+
+    # Programs: the latest definition per key wins; applying one twice changes nothing.
+    runtime.consume(topics.PROGRAMS, decode_program, on_program, use_inbox=False)
+    runtime.consume(topics.PURCHASES, decode_purchase, on_purchase)
+    runtime.consume(topics.LEDGER, decode_ledger_event, on_ledger_event,
+                    group_suffix="-notifications")

@@ -1,0 +1,182 @@
+"""earn's use cases: one function per input, inside the batch's unit of work.
+
+Purchases identify (or enrol) the member, compute points under the program's current rules,
+record the order with its rule version, and ask the ledger for a credit through the outbox.
+Credits confirmed by the ledger become `points_earned` notifications.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from earn.adapters.postgres import EarnRepository, Member
+from earn.domain.rules import Line, Purchase, compute_points
+from loyalty import metrics, topics
+from loyalty.clock import Clock, IdProvider, stable_id
+from loyalty.contracts import LedgerEvent, PurchaseEvent
+from loyalty.expiry import expires_at_for
+from loyalty.identifiers import Identifiers, InvalidIdentifier, normalise_customer
+from loyalty.ledger_commands import Credit
+from loyalty.messaging import Outbox, Rejected
+from loyalty.notifications import build_notification, choose_channel
+from loyalty.programs import ProgramDefinition
+
+log = structlog.get_logger(__name__)
+
+TIER_WINDOW = timedelta(days=365)
+NOTIFY_TEMPLATES = {"purchase": "points_earned", "activity": "points_earned",
+                    "adjustment": "points_adjusted", "return": "points_returned"}
+
+
+@dataclass(frozen=True)
+class Deps:
+    clock: Clock
+    ids: IdProvider
+
+
+async def apply_program(repo: EarnRepository, program: ProgramDefinition) -> None:
+    version = await repo.apply_program(program)
+    if version is not None:
+        log.info("program.applied", program_id=program.id, version=version)
+
+
+async def _program(repo: EarnRepository, program_id: str) -> tuple[int, ProgramDefinition]:
+    found = await repo.current_program(program_id)
+    if found is None:
+        raise Rejected("unknown_program", f"program {program_id!r} is not defined")
+    return found
+
+
+def _identifiers(customer: Any) -> Identifiers:
+    try:
+        return normalise_customer(customer.model_dump(exclude_none=True))
+    except InvalidIdentifier as exc:
+        raise Rejected(exc.code, str(exc)) from None
+
+
+async def identify(repo: EarnRepository, deps: Deps, program: ProgramDefinition,
+                   identifiers: Identifiers, locale: str | None, occurred_at: Any,
+                   outbox: Outbox) -> Member | None:
+    """The member these identifiers name, enrolling on first sight (None: enrolment closed).
+
+    Identifiers that point at different members are never merged: the one first in precedence
+    order (customer, card, phone, email) wins, and a metric counts the conflict.
+    """
+    wanted = identifiers.items()
+    known = await repo.find_members(program.id, wanted)
+    owners = [known[i] for i in wanted if i in known]
+    now = deps.clock.now()
+    if not owners:
+        if not program.is_enrolment_open(occurred_at):
+            return None
+        contact = dict(wanted)
+        member = Member(member_id=deps.ids.new_id(), program_id=program.id,
+                        locale=locale or program.default_locale, preferred_channel=None,
+                        phone=contact.get("phone"), email=contact.get("email"))
+        await repo.add_member(member, occurred_at)
+        await repo.link(program.id, member.member_id, wanted, now)
+        _member_event(outbox, "member.enrolled", program.id, member.member_id, wanted, occurred_at)
+        metrics.BUSINESS_EVENTS.labels("earn", "member_enrolled").inc()
+        return member
+    member_id = owners[0]
+    if len(set(owners)) > 1:
+        metrics.BUSINESS_EVENTS.labels("earn", "identifier_conflict").inc()
+        log.warning("member.identifier_conflict", program_id=program.id, chosen=member_id,
+                    others=sorted(set(owners) - {member_id}))
+    new = [i for i in wanted if i not in known]
+    if new:
+        await repo.link(program.id, member_id, new, now)
+        _member_event(outbox, "member.identifier_linked", program.id, member_id, new, occurred_at)
+    return await repo.member(member_id)
+
+
+def _member_event(outbox: Outbox, type_: str, program_id: str, member_id: str,
+                  identifiers: list[tuple[str, str]], occurred_at: Any) -> None:
+    outbox.add(topics.MEMBERS, member_id, {
+        "event_id": stable_id(type_, program_id, member_id, *(f"{k}:{v}" for k, v in identifiers)),
+        "type": type_,
+        "occurred_at": occurred_at.isoformat(),
+        "program_id": program_id,
+        "member_id": member_id,
+        "identifiers": dict(identifiers),
+    })
+
+
+async def purchase_completed(repo: EarnRepository, deps: Deps, event: PurchaseEvent,
+                             outbox: Outbox) -> None:
+    version, program = await _program(repo, event.program_id)
+    if event.currency != program.currency:
+        raise Rejected("currency_mismatch",
+                       f"program {program.id} runs in {program.currency}, not {event.currency}")
+    identifiers = _identifiers(event.customer)
+    if not program.is_earning_open(event.occurred_at):
+        await _skip(repo, event, "earning_closed", "the program no longer awards points")
+        return
+    member = await identify(repo, deps, program, identifiers, event.locale, event.occurred_at,
+                            outbox)
+    if member is None:
+        await _skip(repo, event, "enrolment_closed", "the program no longer enrols members")
+        return
+    recent = await repo.points_earned_since(member.member_id, event.occurred_at - TIER_WINDOW)
+    purchase = Purchase(total=event.total, channel=event.channel, occurred_at=event.occurred_at,
+                        items=tuple(Line(i.sku, i.category, i.quantity, i.unit_price)
+                                    for i in event.items))
+    earning = compute_points(program, purchase, recent)
+    breakdown = [{"rule": b.rule, "points": str(b.points)} for b in earning.breakdown]
+    clash = await repo.add_order(
+        program_id=program.id, order_id=event.order_id, event_id=event.event_id,
+        member_id=member.member_id, program_version=version, channel=event.channel,
+        currency=event.currency, total=event.total, points=earning.points, breakdown=breakdown,
+        occurred_at=event.occurred_at)
+    if clash is not None:
+        raise Rejected("duplicate_order",
+                       f"order {event.order_id} was already recorded by event {clash}")
+    if earning.points <= 0:
+        return
+    credit = Credit(
+        command_id=f"purchase:{event.event_id}", program_id=program.id,
+        member_id=member.member_id, occurred_at=event.occurred_at,
+        points=earning.points, reason=earning.reason,
+        source={"kind": "purchase", "id": event.order_id},
+        expires_at=expires_at_for(program.expiry, program.time_zone, event.occurred_at))
+    outbox.add(topics.LEDGER_COMMANDS, member.member_id, credit.model_dump(mode="json"))
+    metrics.BUSINESS_EVENTS.labels("earn", "points_awarded").inc()
+
+
+async def _skip(repo: EarnRepository, event: PurchaseEvent, code: str, reason: str) -> None:
+    await repo.skip(event_id=event.event_id, program_id=event.program_id, reason_code=code,
+                    reason=reason, occurred_at=event.occurred_at)
+    metrics.BUSINESS_EVENTS.labels("earn", f"skipped_{code}").inc()
+    log.info("purchase.skipped", event_id=event.event_id, code=code)
+
+
+async def notify_movement(repo: EarnRepository, event: LedgerEvent, outbox: Outbox) -> None:
+    """A confirmed ledger movement of ours becomes a message on the member's channel."""
+    template = NOTIFY_TEMPLATES.get(event.source.kind)
+    if template is None or event.type not in ("points.credited", "points.debited"):
+        return
+    if event.source.kind != "return" and event.type != "points.credited":
+        return
+    member = await repo.member(event.member_id)
+    if member is None:
+        return
+    found = await repo.current_program(event.program_id)
+    if found is None:
+        return
+    _, program = found
+    route = choose_channel(member.preferred_channel, member.phone, member.email)
+    if route is None:
+        return
+    channel, to = route
+    message = build_notification(
+        template=template, locale=member.locale, channel=channel, to=to,
+        program_id=event.program_id, member_id=event.member_id,
+        params={"points": abs(event.points), "balance": event.balance_after,
+                "program_name": program.name, "reason": event.reason},
+        fact_id=event.event_id, occurred_at=event.occurred_at)
+    topic = topics.NOTIFICATIONS_SMS if channel == "sms" else topics.NOTIFICATIONS_EMAIL
+    outbox.add(topic, event.member_id, message)

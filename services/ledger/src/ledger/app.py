@@ -1,0 +1,23 @@
+"""Bootstrap: builds the ledger service from settings (the one place that wires things)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ledger.adapters.postgres import LedgerQueries
+from ledger.entrypoints import consumers, http
+from ledger.settings import LedgerSettings
+from loyalty.service import Runtime, ServiceSpec
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def wire(runtime: Runtime) -> None:
+    consumers.wire(runtime)
+    http.add_routes(runtime.app, LedgerQueries(runtime.pool))
+
+
+def build(settings: LedgerSettings | None = None) -> ServiceSpec:
+    settings = settings or LedgerSettings()
+    return ServiceSpec(name="ledger", schema="ledger", migrations_dir=MIGRATIONS,
+                       settings=settings, http_port=settings.http_port, wire=wire)

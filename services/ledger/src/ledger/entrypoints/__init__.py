@@ -1,0 +1,1 @@
+"""The ledger's entrypoints: Kafka subscribers and HTTP routes."""

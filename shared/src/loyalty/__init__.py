@@ -1,0 +1,1 @@
+"""Common library of the loyalty platform."""

@@ -1,0 +1,188 @@
+"""The `loyalty` command line: run the platform locally, apply programs, audit the ledger.
+
+`loyalty up` writes the addresses it started to `<data_dir>/runtime.json`, so other commands
+run in another terminal find the local broker without any environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from loyalty import topics
+from loyalty.clock import UuidIds
+from loyalty.infra import start_infrastructure
+from loyalty.logging import configure_logging, mask_pii
+from loyalty.platform import Platform
+from loyalty.programs import ProgramDefinition, ProgramFileError, load_programs_file
+
+DEMO_PROGRAMS = Path(__file__).resolve().parents[3] / "programs" / "demo.yaml"
+APPLY_TIMEOUT_S = 30.0
+DRAIN_TIMEOUT_S = 120.0
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("LOYALTY_DATA_DIR", ".loyalty")).resolve()
+
+
+def _runtime_file() -> Path:
+    return data_dir() / "runtime.json"
+
+
+def _bootstrap() -> str:
+    if bootstrap := os.environ.get("LOYALTY_KAFKA_BOOTSTRAP"):
+        return bootstrap
+    if _runtime_file().exists():
+        return json.loads(_runtime_file().read_text())["kafka_bootstrap"]
+    raise SystemExit("no broker: set LOYALTY_KAFKA_BOOTSTRAP or start `loyalty up` first")
+
+
+def program_message(program: ProgramDefinition) -> dict:
+    return {"type": "program.defined", "event_id": UuidIds().new_id(), **program.to_message()}
+
+
+async def publish_programs(bootstrap: str, programs: list[ProgramDefinition]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=False)
+    await producer.start()
+    try:
+        for program in programs:
+            await producer.send_and_wait(
+                topics.PROGRAMS, json.dumps(program_message(program)).encode(),
+                key=program.id.encode())
+    finally:
+        await producer.stop()
+
+
+async def wait_programs_applied(earn_url: str, token: str,
+                                programs: list[ProgramDefinition]) -> None:
+    deadline = time.monotonic() + APPLY_TIMEOUT_S
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        for program in programs:
+            while True:
+                async with http.get(f"{earn_url}/v1/programs/{program.id}") as resp:
+                    if resp.status == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"earn did not apply {program.id} in {APPLY_TIMEOUT_S}s")
+                await asyncio.sleep(0.1)
+
+
+def cmd_programs_apply(args: argparse.Namespace) -> int:
+    try:
+        programs = load_programs_file(Path(args.file))
+    except ProgramFileError as exc:
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(publish_programs(_bootstrap(), programs))
+    for program in programs:
+        print(f"published {program.id} to {topics.PROGRAMS}")
+    return 0
+
+
+async def _sink(bootstrap: str, stop: asyncio.Event) -> None:
+    """The notification log sink: prints what an SMS or e-mail sender would send."""
+    consumer = AIOKafkaConsumer(topics.NOTIFICATIONS_SMS, topics.NOTIFICATIONS_EMAIL,
+                                bootstrap_servers=bootstrap, group_id="loyalty-notification-sink",
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    n = json.loads(record.value)
+                    body = n["body"] if n["template"] != "reward_fulfilled" else "[code withheld]"
+                    print(f"[notification] {n['channel']} to {mask_pii(n['to'])} "
+                          f"({n['locale']}, {n['template']}): {mask_pii(body)}", flush=True)
+            if batches:
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+
+
+async def _up(programs_file: Path) -> int:
+    started = time.monotonic()
+    try:
+        programs = load_programs_file(programs_file)
+    except ProgramFileError as exc:
+        print(f"error: {programs_file}: {exc}", file=sys.stderr)
+        return 2
+    root = data_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    token = os.environ.get("LOYALTY_API_TOKEN") or secrets.token_urlsafe(18)
+    infra = start_infrastructure(root)
+    platform = Platform(infra.pg_dsn, infra.kafka_bootstrap, token, root)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    sink = None
+    try:
+        await platform.prepare()
+        platform.start()
+        await platform.wait_ready()
+        await publish_programs(infra.kafka_bootstrap, programs)
+        await wait_programs_applied(platform.services["earn"].url, token, programs)
+        sink = asyncio.create_task(_sink(infra.kafka_bootstrap, stop))
+        _runtime_file().write_text(json.dumps({
+            "kafka_bootstrap": infra.kafka_bootstrap, "api_token": token,
+            "urls": {n: s.url for n, s in platform.services.items()}}))
+        print(f"\nLoyalty platform ready in {time.monotonic() - started:.1f}s\n"
+              f"  Kafka bootstrap : {infra.kafka_bootstrap}\n"
+              + "".join(f"  {n:<16}: {s.url}\n" for n, s in platform.services.items())
+              + f"  API token       : {token}\n"
+              f"  Programs        : {', '.join(p.id for p in programs)}\n"
+              f"  Logs            : {root / 'logs'}\n"
+              "Publish purchases to loyalty.purchases.v1; Ctrl-C drains and stops.\n",
+              flush=True)
+        await stop.wait()
+        print("stopping: draining consumers and outboxes ...", flush=True)
+        if not await platform.drain(DRAIN_TIMEOUT_S):
+            print("warning: not fully drained; stopping anyway", file=sys.stderr)
+        return 0
+    finally:
+        stop.set()
+        if sink is not None:
+            await asyncio.gather(sink, return_exceptions=True)
+        platform.stop()
+        infra.stop()
+        _runtime_file().unlink(missing_ok=True)
+        print("stopped.", flush=True)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    configure_logging("loyalty-up", os.environ.get("LOYALTY_LOG_LEVEL", "WARNING"))
+    return asyncio.run(_up(Path(args.programs)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="loyalty", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole platform locally")
+    up.add_argument("--programs", default=str(DEMO_PROGRAMS), help="program YAML to apply")
+    up.set_defaults(func=cmd_up)
+
+    programs = sub.add_parser("programs", help="program definitions")
+    programs_sub = programs.add_subparsers(dest="action", required=True)
+    apply = programs_sub.add_parser("apply", help="validate and publish a program YAML file")
+    apply.add_argument("file")
+    apply.set_defaults(func=cmd_programs_apply)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

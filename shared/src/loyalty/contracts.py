@@ -1,0 +1,181 @@
+"""Pydantic models of the public topics in CONTRACT.md: what producers send, what we emit.
+
+These are the single definition of the public payloads: services validate input with them and
+tests publish them. Internal messages (ledger commands) live in their services.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
+
+ID_LEN_MAX = 200
+TEXT_LEN_MAX = 500
+ITEMS_MAX = 1000
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+Timestamp = Annotated[AwareDatetime, AfterValidator(_utc),
+                      PlainSerializer(lambda v: v.isoformat(), return_type=str)]
+Id = Annotated[str, Field(min_length=1, max_length=ID_LEN_MAX)]
+Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4),
+                  PlainSerializer(lambda v: str(v), return_type=str)]
+
+
+def _money_string(value: Any) -> Any:
+    # Money is a decimal string; a JSON float would already have lost cents.
+    if isinstance(value, float):
+        raise ValueError("money must be a decimal string like \"12.40\", not a number")
+    return value
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Customer(_Message):
+    """A shopper without a card: at least one identifier."""
+
+    customer_id: Id | None = None
+    phone: Annotated[str, Field(max_length=40)] | None = None
+    email: Annotated[str, Field(max_length=320)] | None = None
+    card_token: Id | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> Customer:
+        if not any((self.customer_id, self.phone, self.email, self.card_token)):
+            raise ValueError("customer needs at least one of customer_id, phone, email, card_token")
+        return self
+
+
+class Item(_Message):
+    sku: Id
+    category: Annotated[str, Field(max_length=ID_LEN_MAX)] | None = None
+    quantity: Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=3)]
+    unit_price: Money
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_float_money(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "unit_price" in data:
+            _money_string(data["unit_price"])
+        return data
+
+
+class PurchaseEvent(_Message):
+    """`loyalty.purchases.v1`: `purchase.completed` or `purchase.returned` (of `order_id`)."""
+
+    event_id: Id
+    type: Literal["purchase.completed", "purchase.returned"]
+    occurred_at: Timestamp
+    program_id: Id
+    order_id: Id
+    channel: Literal["pos", "ecommerce"]
+    store_id: Id | None = None
+    customer: Customer
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    total: Money
+    items: Annotated[list[Item], Field(max_length=ITEMS_MAX)] = []
+    locale: Annotated[str, Field(max_length=20)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_float_money(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "total" in data:
+            _money_string(data["total"])
+        return data
+
+
+class ActivityEvent(_Message):
+    """`loyalty.activities.v1`: non-purchase earning."""
+
+    event_id: Id
+    type: Literal["activity.completed"]
+    occurred_at: Timestamp
+    program_id: Id
+    customer: Customer
+    activity: Id
+    locale: Annotated[str, Field(max_length=20)] | None = None
+
+
+class AdjustmentEvent(_Message):
+    """`loyalty.adjustments.v1`: support staff fixing a balance, with a reason and an actor."""
+
+    event_id: Id
+    type: Literal["points.adjusted"]
+    occurred_at: Timestamp
+    program_id: Id
+    customer: Customer
+    points: int
+    reason: Annotated[str, Field(min_length=1, max_length=TEXT_LEN_MAX)]
+    actor: Id
+
+
+class Source(_Message):
+    kind: Literal["purchase", "return", "activity", "adjustment", "redemption", "expiry",
+                  "sunset"]
+    id: Id
+
+
+LedgerEventType = Literal["points.credited", "points.debited", "points.expired",
+                          "points.reserved", "points.released", "points.captured",
+                          "command.rejected"]
+
+
+class LedgerEvent(_Message):
+    """`loyalty.ledger.v1`: every balance movement, and refusals (`command.rejected`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    event_id: Id
+    type: LedgerEventType
+    occurred_at: Timestamp
+    program_id: Id
+    member_id: Id
+    points: int
+    balance_after: int
+    reason: str
+    source: Source
+    expires_at: Timestamp | None = None
+    error_code: str | None = Field(default=None, alias="error.code")
+
+
+class MemberEvent(_Message):
+    """`loyalty.members.v1`: `member.enrolled` and `member.identifier_linked`."""
+
+    event_id: Id
+    type: Literal["member.enrolled", "member.identifier_linked"]
+    occurred_at: Timestamp
+    program_id: Id
+    member_id: Id
+    identifiers: dict[str, str]
+
+
+class Notification(_Message):
+    """`loyalty.notifications.{sms,email}.v1`: a rendered message for a downstream sender."""
+
+    notification_id: Id
+    type: Literal["notification.requested"]
+    occurred_at: Timestamp
+    channel: Literal["sms", "email"]
+    to: str
+    locale: str
+    template: str
+    subject: str | None = None
+    body: str
+    program_id: Id
+    member_id: Id

@@ -1,0 +1,116 @@
+"""PostgreSQL access: per-service roles and schemas, the asyncpg pool, and migrations.
+
+Each service owns one schema and one login role with rights on that schema only
+(`provision_service`, run with an admin DSN by `loyalty up`, the test fixtures or a DBA).
+A service applies its own SQL migrations at start, as its own role, under an advisory lock so
+several replicas starting together apply each file once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger(__name__)
+
+SERVICES = ("earn", "ledger", "expiry", "rewards")
+ROLE_PREFIX = "loyalty_"
+DEFAULT_SERVICE_PASSWORD = "loyalty"  # trust auth locally; production sets its own secret
+POOL_COMMAND_TIMEOUT_S = 60
+# Inbox and outbox tables, applied to every service's schema before its own files.
+SHARED_MIGRATIONS = Path(__file__).parent / "sql"
+
+
+def role_name(service: str) -> str:
+    return ROLE_PREFIX + service
+
+
+def service_dsn(admin_dsn: str, service: str, password: str = DEFAULT_SERVICE_PASSWORD) -> str:
+    """The admin DSN with the service's own role as user."""
+    parts = urlsplit(admin_dsn)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{role_name(service)}:{quote(password)}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+async def provision_service(admin_dsn: str, service: str,
+                            password: str = DEFAULT_SERVICE_PASSWORD) -> str:
+    """Create the service's role and schema if missing; return the service's DSN. Idempotent."""
+    role = role_name(service)
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        # Two starters racing: one waits for the other, then finds everything in place.
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('loyalty.provision'))")
+            exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+            if not exists:
+                await conn.execute(f'CREATE ROLE "{role}" LOGIN PASSWORD $${password}$$')
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{service}" AUTHORIZATION "{role}"')
+            await conn.execute(f'REVOKE ALL ON SCHEMA "{service}" FROM PUBLIC')
+            await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+            await conn.execute(f'ALTER ROLE "{role}" SET search_path = "{service}"')
+    finally:
+        await conn.close()
+    return service_dsn(admin_dsn, service, password)
+
+
+async def create_pool(dsn: str, *, size_max: int = 10, schema: str | None = None) -> asyncpg.Pool:
+    settings = {"search_path": schema} if schema else {}
+    pool = await asyncpg.create_pool(
+        dsn, min_size=1, max_size=size_max, command_timeout=POOL_COMMAND_TIMEOUT_S,
+        server_settings={"application_name": f"loyalty-{schema or 'admin'}", **settings},
+        init=_init_connection,
+    )
+    assert pool is not None
+    return pool
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
+                              schema="pg_catalog")
+
+
+async def apply_migrations(pool: asyncpg.Pool, schema: str, migrations_dir: Path) -> list[str]:
+    """Apply `NNNN_*.sql` files not yet applied, in name order, each in its own transaction.
+
+    A file that changed after it was applied is a bug: starting refuses rather than guessing.
+    """
+    files = sorted([*SHARED_MIGRATIONS.glob("*.sql"), *migrations_dir.glob("*.sql")],
+                   key=lambda p: p.name)
+    applied_now: list[str] = []
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"loyalty.migrate.{schema}")
+        try:
+            await conn.execute(
+                f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
+                " version text PRIMARY KEY, sha256 text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())")
+            done = {r["version"]: r["sha256"] for r in await conn.fetch(
+                f'SELECT version, sha256 FROM "{schema}".schema_migrations')}
+            for path in files:
+                sql = path.read_text()
+                digest = hashlib.sha256(sql.encode()).hexdigest()
+                if path.name in done:
+                    if done[path.name] != digest:
+                        raise RuntimeError(f"migration {path.name} changed after it was applied")
+                    continue
+                async with conn.transaction():
+                    await conn.execute(f'SET LOCAL search_path = "{schema}"')
+                    await conn.execute(sql)
+                    await conn.execute(
+                        f'INSERT INTO "{schema}".schema_migrations (version, sha256)'
+                        " VALUES ($1, $2)", path.name, digest)
+                applied_now.append(path.name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))",
+                               f"loyalty.migrate.{schema}")
+    if applied_now:
+        log.info("migrations.applied", schema=schema, files=applied_now)
+    return applied_now

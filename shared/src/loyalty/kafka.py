@@ -1,0 +1,109 @@
+"""Kafka plumbing: topic creation, the faststream broker factory, batch subscribers, lag.
+
+Subscribers are thin: they take the raw records of a batch and hand them to a
+`messaging.BatchConsumer`; faststream commits the offsets after the handler returns
+(`AckPolicy.ACK`, auto-commit off), i.e. after the database commit. A handler that raises
+(it retries outages itself, so only on shutdown) is nacked: the batch is consumed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import structlog
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import TopicPartition
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from loyalty import metrics
+from loyalty.messaging import BatchConsumer
+from loyalty.topics import TopicSpec, all_topics
+
+log = structlog.get_logger(__name__)
+
+LAG_INTERVAL_S = 2.0
+ADMIN_TIMEOUT_MS = 10_000
+TOPIC_ALREADY_EXISTS = 36
+
+
+async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec] | None = None) -> None:
+    """Create every platform topic that does not exist yet; existing ones are left alone."""
+    specs = list(specs or all_topics())
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ADMIN_TIMEOUT_MS)
+    await admin.start()
+    try:
+        new = [NewTopic(s.name, s.partitions, 1,
+                        topic_configs={"cleanup.policy": "compact"} if s.compacted else {})
+               for s in specs]
+        response = await admin.create_topics(new)
+        for name, code, message in response.topic_errors:
+            if code not in (0, TOPIC_ALREADY_EXISTS):
+                raise RuntimeError(f"cannot create topic {name}: {code} {message}")
+    finally:
+        await admin.close()
+
+
+def make_broker(bootstrap: str, service: str) -> KafkaBroker:
+    """A faststream broker that only consumes (emitting goes through the outbox relay)."""
+    return KafkaBroker(bootstrap, client_id=f"loyalty-{service}", enable_idempotence=False,
+                       acks="all", graceful_timeout=30.0)
+
+
+def subscribe_batch(broker: KafkaBroker, consumer: BatchConsumer, *, group_id: str,
+                    batch_size_max: int, batch_timeout_ms: int) -> None:
+    """Register a batch subscriber that feeds raw records to `consumer`."""
+
+    @broker.subscriber(
+        consumer.topic, group_id=group_id, batch=True, max_records=batch_size_max,
+        batch_timeout_ms=batch_timeout_ms, auto_offset_reset="earliest",
+        ack_policy=AckPolicy.ACK, title=f"{consumer.service}:{consumer.topic}",
+    )
+    async def on_batch(message: KafkaMessage) -> None:
+        raw = message.raw_message
+        records = raw if isinstance(raw, tuple) else (raw,)
+        await consumer(records)
+
+
+def consumers_of(broker: KafkaBroker) -> list[AIOKafkaConsumer]:
+    return [c for sub in broker.subscribers if (c := getattr(sub, "consumer", None)) is not None]
+
+
+async def lag_of(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+    """Committed-offset lag per assigned partition (end offset minus committed offset)."""
+    assigned = list(consumer.assignment())
+    if not assigned:
+        return {}
+    ends = await consumer.end_offsets(assigned)
+    lag = {}
+    for tp in assigned:
+        committed = await consumer.committed(tp)
+        lag[tp] = max(0, ends[tp] - (committed or 0))
+    return lag
+
+
+async def total_lag(broker: KafkaBroker) -> int:
+    total = 0
+    for consumer in consumers_of(broker):
+        total += sum((await lag_of(consumer)).values())
+    return total
+
+
+async def report_lag(broker: KafkaBroker, service: str) -> None:
+    """Keep the `loyalty_consumer_lag` gauge current (the admin API of Tansu cannot do it)."""
+    while True:
+        for consumer in consumers_of(broker):
+            with contextlib.suppress(Exception):
+                for tp, lag in (await lag_of(consumer)).items():
+                    metrics.CONSUMER_LAG.labels(service, tp.topic, str(tp.partition)).set(lag)
+        await asyncio.sleep(LAG_INTERVAL_S)
+
+
+def is_assigned(broker: KafkaBroker) -> bool:
+    """Every subscriber has joined its group and holds partitions (or shares them)."""
+    consumers = consumers_of(broker)
+    return bool(consumers) and all(c.assignment() is not None for c in consumers)

@@ -1,0 +1,374 @@
+"""Exactly-once in effect: the inbox, the outbox, dead letters and the batch pipeline.
+
+A consumed batch is applied in ONE Postgres transaction. Each record gets a savepoint:
+- its id goes into the inbox in the same transaction as its effects, so a redelivery finds the
+  id and does nothing (the same id with another payload is a conflict: dead-lettered);
+- the messages it emits are written to the outbox, never published directly;
+- a `Rejected` (the sender's mistake) rolls back only that record's savepoint and writes a
+  dead letter (through the outbox too, so it is published exactly when the batch commits).
+Anything else (our bug, an outage) rolls the whole batch back and retries it with backoff; the
+consumer's offsets are committed only after the database commit (faststream `AckPolicy.ACK`).
+
+The relay publishes outbox rows in id order with acks=all and deletes them once the broker has
+them. One relay per service is active at a time (an advisory lock), which keeps per-key order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Generic, TypeVar
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+from pydantic import BaseModel, ValidationError
+
+from loyalty import metrics
+from loyalty.logging import correlation, current_correlation_id
+from loyalty.topics import dlq
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+ERROR_MESSAGE_LEN_MAX = 500
+RETRY_BACKOFF_START_S = 0.05
+
+
+class Rejected(Exception):
+    """The sender's mistake: the record goes to the dead-letter topic and the stream goes on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def to_json_bytes(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False,
+                      default=_json_default).encode()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def payload_digest(payload: dict[str, Any]) -> bytes:
+    """Hash of the canonical JSON: a producer retry that re-serialises still matches."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+def parse_json_object(raw: bytes | None) -> dict[str, Any]:
+    if raw is None:
+        raise Rejected("malformed_json", "the record has no value")
+    try:
+        payload = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Rejected("malformed_json", f"not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise Rejected("malformed_json", "the value is not a JSON object")
+    return payload
+
+
+def validate(model: type[BaseModel], payload: dict[str, Any]) -> Any:
+    """Validate against a contract model; name the first failing field in the error."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "message"
+        code = "missing_field" if first["type"] == "missing" else "invalid_field"
+        raise Rejected(code, f"{where}: {first['msg']}") from None
+
+
+@dataclass
+class Outbox:
+    """Messages a handler emits, written in the handler's transaction and published later."""
+
+    rows: list[tuple[str, bytes | None, bytes, dict[str, str]]] = field(default_factory=list)
+
+    def add(self, topic: str, key: str | None, payload: dict[str, Any] | bytes,
+            headers: dict[str, str] | None = None) -> None:
+        value = payload if isinstance(payload, bytes) else to_json_bytes(payload)
+        hdrs = {"content-type": "application/json"}
+        if cid := current_correlation_id():
+            hdrs["correlation_id"] = cid
+        hdrs.update(headers or {})
+        self.rows.append((topic, key.encode() if key is not None else None, value, hdrs))
+
+    async def flush(self, conn: asyncpg.Connection) -> None:
+        if not self.rows:
+            return
+        await conn.executemany(
+            "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4)", self.rows)
+        self.rows.clear()
+
+
+def dead_letter(outbox: Outbox, record: ConsumerRecord, code: str, message: str) -> None:
+    """The original bytes to `<topic>.dlq` with the headers CONTRACT.md names."""
+    headers = {
+        "error.code": code,
+        "error.message": message[:ERROR_MESSAGE_LEN_MAX],
+        "original.topic": record.topic,
+        "original.partition": str(record.partition),
+        "original.offset": str(record.offset),
+    }
+    key = record.key.decode(errors="replace") if record.key is not None else None
+    outbox.add(dlq(record.topic), key, record.value or b"", headers)
+
+
+@dataclass(frozen=True)
+class Envelope(Generic[T]):
+    """One decoded record handed to a handler."""
+
+    record: ConsumerRecord
+    message: T
+    message_id: str
+    digest: bytes
+
+
+Decoder = Callable[[dict[str, Any]], tuple[str, T]]
+"""Validates a JSON object; returns (message id, message). Raises `Rejected`."""
+
+Handler = Callable[[asyncpg.Connection, Envelope[T], Outbox], Awaitable[None]]
+"""Applies one message inside the batch transaction; raises `Rejected` for bad input."""
+
+
+def _header(record: ConsumerRecord, name: str) -> str | None:
+    for key, value in record.headers or ():
+        if key == name and value is not None:
+            return value.decode(errors="replace")
+    return None
+
+
+@dataclass
+class BatchConsumer(Generic[T]):
+    """Applies a batch of records from one topic; see the module docstring."""
+
+    service: str
+    topic: str
+    pool: asyncpg.Pool
+    decode: Decoder[T]
+    handle: Handler[T]
+    on_commit: Callable[[], None] = lambda: None
+    use_inbox: bool = True
+    retry_backoff_max_s: float = 5.0
+
+    async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
+        if not records:
+            return
+        labels = (self.service, self.topic)
+        metrics.MESSAGES_CONSUMED.labels(*labels).inc(len(records))
+        metrics.BATCH_SIZE.labels(*labels).observe(len(records))
+        backoff = RETRY_BACKOFF_START_S
+        while True:
+            started = time.perf_counter()
+            try:
+                outcome = await self._apply(records)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                metrics.HANDLER_ERRORS.labels(*labels).inc()
+                log.exception("batch.failed", topic=self.topic, records=len(records),
+                              retry_in_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.retry_backoff_max_s)
+        metrics.HANDLER_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+        for code in outcome.dead_letters:
+            metrics.DEAD_LETTERS.labels(self.service, self.topic, code).inc()
+        if outcome.duplicates:
+            metrics.MESSAGES_DUPLICATE.labels(*labels).inc(outcome.duplicates)
+        self.on_commit()
+
+    async def _apply(self, records: Sequence[ConsumerRecord]) -> _Outcome:
+        outcome = _Outcome()
+        outbox = Outbox()
+        async with self.pool.acquire() as conn, conn.transaction():
+            for record in records:
+                cid = _header(record, "correlation_id")
+                with correlation(cid):
+                    await self._apply_one(conn, record, outbox, outcome)
+            await outbox.flush(conn)
+        return outcome
+
+    async def _apply_one(self, conn: asyncpg.Connection, record: ConsumerRecord,
+                         outbox: Outbox, outcome: _Outcome) -> None:
+        try:
+            payload = parse_json_object(record.value)
+            message_id, message = self.decode(payload)
+        except Rejected as rej:
+            self._reject(outbox, record, rej, outcome)
+            return
+        digest = payload_digest(payload)
+        with correlation(_header(record, "correlation_id") or message_id):
+            emitted = Outbox()
+            try:
+                async with conn.transaction():  # a savepoint: this record only
+                    if self.use_inbox and not await self._first_delivery(
+                            conn, message_id, digest, outcome):
+                        return
+                    await self.handle(conn, Envelope(record, message, message_id, digest), emitted)
+            except Rejected as rej:
+                self._reject(outbox, record, rej, outcome)
+                return
+            outbox.rows.extend(emitted.rows)
+
+    async def _first_delivery(self, conn: asyncpg.Connection, message_id: str, digest: bytes,
+                              outcome: _Outcome) -> bool:
+        inserted = await conn.fetchval(
+            "INSERT INTO inbox (topic, message_id, digest) VALUES ($1, $2, $3)"
+            " ON CONFLICT DO NOTHING RETURNING true", self.topic, message_id, digest)
+        if inserted:
+            return True
+        seen = await conn.fetchval(
+            "SELECT digest FROM inbox WHERE topic = $1 AND message_id = $2",
+            self.topic, message_id)
+        if bytes(seen) != digest:
+            raise Rejected("id_conflict",
+                           f"id {message_id!r} was seen before with a different payload")
+        outcome.duplicates += 1
+        return False
+
+    def _reject(self, outbox: Outbox, record: ConsumerRecord, rej: Rejected,
+                outcome: _Outcome) -> None:
+        log.warning("message.rejected", topic=record.topic, partition=record.partition,
+                    offset=record.offset, code=rej.code, error=rej.message)
+        dead_letter(outbox, record, rej.code, rej.message)
+        outcome.dead_letters.append(rej.code)
+
+
+@dataclass
+class _Outcome:
+    duplicates: int = 0
+    dead_letters: list[str] = field(default_factory=list)
+
+
+class OutboxRelay:
+    """Publishes the service's outbox in order (acks=all), then deletes what the broker took."""
+
+    def __init__(self, *, service: str, pool: asyncpg.Pool, bootstrap: str,
+                 batch_size_max: int = 1000, poll_interval_s: float = 0.05,
+                 retry_backoff_max_s: float = 5.0) -> None:
+        self.service = service
+        self.pool = pool
+        self.bootstrap = bootstrap
+        self.batch_size_max = batch_size_max
+        self.poll_interval_s = poll_interval_s
+        self.retry_backoff_max_s = retry_backoff_max_s
+        self.wakeup = asyncio.Event()
+        self.producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stats_task: asyncio.Task[None] | None = None
+        self.backlog = 0
+
+    async def start(self) -> None:
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False,
+            linger_ms=2, client_id=f"loyalty-{self.service}-relay")
+        await self.producer.start()
+        self._task = asyncio.create_task(self._run(), name=f"{self.service}-outbox-relay")
+        self._stats_task = asyncio.create_task(self._stats(), name=f"{self.service}-outbox-stats")
+
+    def notify(self) -> None:
+        self.wakeup.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until the outbox is empty; False if it is not within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if await self.pool.fetchval("SELECT count(*) FROM outbox") == 0:
+                return True
+            self.notify()
+            await asyncio.sleep(0.05)
+        return False
+
+    async def stop(self) -> None:
+        for task in (self._task, self._stats_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self.producer is not None:
+            await self.producer.stop()
+
+    async def _run(self) -> None:
+        backoff = RETRY_BACKOFF_START_S
+        while True:
+            try:
+                async with self.pool.acquire() as lock_conn:
+                    await self._lead(lock_conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox.relay_failed", retry_in_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.retry_backoff_max_s)
+
+    async def _lead(self, lock_conn: asyncpg.Connection) -> None:
+        # One active relay per service keeps the outbox order; replicas wait as standbys.
+        while not await lock_conn.fetchval(
+                "SELECT pg_try_advisory_lock(hashtext('loyalty.outbox.' || current_schema()))"):
+            await asyncio.sleep(1.0)
+        try:
+            while True:
+                published = await self._publish_once()
+                if published < self.batch_size_max:
+                    self.wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self.wakeup.wait(), self.poll_interval_s)
+                    except TimeoutError:
+                        pass
+        finally:
+            if not lock_conn.is_closed():
+                await lock_conn.execute(
+                    "SELECT pg_advisory_unlock(hashtext('loyalty.outbox.' || current_schema()))")
+
+    async def _publish_once(self) -> int:
+        assert self.producer is not None
+        rows = await self.pool.fetch(
+            "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1",
+            self.batch_size_max)
+        if not rows:
+            return 0
+        futures = []
+        for row in rows:
+            headers = [(k, v.encode()) for k, v in row["headers"].items()]
+            futures.append(await self.producer.send(
+                row["topic"], value=row["value"], key=row["key"], headers=headers))
+        await asyncio.gather(*futures)
+        await self.pool.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])",
+                                [r["id"] for r in rows])
+        for row in rows:
+            metrics.MESSAGES_PRODUCED.labels(self.service, row["topic"]).inc()
+        return len(rows)
+
+    async def _stats(self) -> None:
+        while True:
+            try:
+                row = await self.pool.fetchrow(
+                    "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age"
+                    " FROM outbox")
+                self.backlog = row["n"]
+                metrics.OUTBOX_BACKLOG.labels(self.service).set(row["n"])
+                metrics.OUTBOX_OLDEST_AGE_SECONDS.labels(self.service).set(float(row["age"] or 0))
+                metrics.DB_POOL_SIZE.labels(self.service).set(self.pool.get_size())
+                metrics.DB_POOL_IN_USE.labels(self.service).set(
+                    self.pool.get_size() - self.pool.get_idle_size())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox.stats_failed", error=str(exc))
+            await asyncio.sleep(1.0)

@@ -1,0 +1,55 @@
+"""Prometheus metrics every service exposes on `/metrics` (names are what the dashboards use).
+
+One registry per process; labels carry the service so one dashboard serves all four.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+MESSAGES_CONSUMED = Counter(
+    "loyalty_messages_consumed_total", "Kafka records taken from a topic.",
+    ["service", "topic"], registry=REGISTRY)
+MESSAGES_PRODUCED = Counter(
+    "loyalty_messages_produced_total", "Kafka records published by the outbox relay.",
+    ["service", "topic"], registry=REGISTRY)
+MESSAGES_DUPLICATE = Counter(
+    "loyalty_messages_duplicate_total", "Records whose id was seen before (no effect).",
+    ["service", "topic"], registry=REGISTRY)
+DEAD_LETTERS = Counter(
+    "loyalty_dead_letters_total", "Records sent to a dead-letter topic, by error code.",
+    ["service", "topic", "code"], registry=REGISTRY)
+HANDLER_SECONDS = Histogram(
+    "loyalty_handler_seconds", "Time to apply one consumed batch, database commit included.",
+    ["service", "topic"], registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+BATCH_SIZE = Histogram(
+    "loyalty_batch_size", "Records per consumed batch.", ["service", "topic"], registry=REGISTRY,
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500))
+HANDLER_ERRORS = Counter(
+    "loyalty_handler_errors_total", "Batches that failed on our side (retried with backoff).",
+    ["service", "topic"], registry=REGISTRY)
+CONSUMER_LAG = Gauge(
+    "loyalty_consumer_lag", "Records not yet committed by the consumer group, per partition.",
+    ["service", "topic", "partition"], registry=REGISTRY)
+OUTBOX_BACKLOG = Gauge(
+    "loyalty_outbox_backlog", "Messages written to the outbox and not yet published.",
+    ["service"], registry=REGISTRY)
+OUTBOX_OLDEST_AGE_SECONDS = Gauge(
+    "loyalty_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox message.",
+    ["service"], registry=REGISTRY)
+DB_POOL_IN_USE = Gauge(
+    "loyalty_db_pool_connections_in_use", "Database connections checked out of the pool.",
+    ["service"], registry=REGISTRY)
+DB_POOL_SIZE = Gauge(
+    "loyalty_db_pool_connections", "Database connections open in the pool.",
+    ["service"], registry=REGISTRY)
+BUSINESS_EVENTS = Counter(
+    "loyalty_business_events_total", "Business outcomes worth a dashboard panel.",
+    ["service", "event"], registry=REGISTRY)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

@@ -1,0 +1,160 @@
+"""Runs the platform's services as separate processes on given infrastructure.
+
+Used by `loyalty up` and by the end-to-end tests, so both start the services the same way.
+Each service gets its own database role (provisioned here with the admin DSN), its own HTTP
+port, and its logs in `<data_dir>/logs/<service>.log`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import structlog
+from prometheus_client.parser import text_string_to_metric_families
+
+from loyalty import db, kafka
+from loyalty.infra import free_port
+
+log = structlog.get_logger(__name__)
+
+# service name -> (python module, database schema/role suffix, default HTTP port)
+SERVICES: dict[str, tuple[str, str, int]] = {
+    "earn": ("earn", "earn", 8081),
+    "ledger": ("ledger", "ledger", 8082),
+}
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 40.0
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        module = SERVICES[self.name][0]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", module], env=self.env,
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL: what a crash looks like to the rest of the platform."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout_s: float) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("service.kill_after_timeout", service=self.name)
+            self.kill()
+
+
+@dataclass
+class Platform:
+    """The services of the platform, on a Postgres admin DSN and a Kafka bootstrap address."""
+
+    admin_dsn: str
+    bootstrap: str
+    api_token: str
+    data_dir: Path
+    fixed_ports: bool = True
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    async def prepare(self) -> None:
+        """Database roles and schemas, and topics: idempotent."""
+        await kafka.ensure_topics(self.bootstrap)
+        for name, (_, schema, _) in SERVICES.items():
+            dsn = await db.provision_service(self.admin_dsn, schema)
+            port = SERVICES[name][2] if self.fixed_ports else free_port()
+            env = {
+                **os.environ,
+                "LOYALTY_KAFKA_BOOTSTRAP": self.bootstrap,
+                "LOYALTY_API_TOKEN": self.api_token,
+                f"LOYALTY_{name.upper()}_PG_DSN": dsn,
+                f"LOYALTY_{name.upper()}_HTTP_PORT": str(port),
+            }
+            env.pop("LOYALTY_PG_DSN", None)  # a service only ever sees its own role
+            self.services[name] = ServiceProcess(name, port, env,
+                                                 self.data_dir / "logs" / f"{name}.log")
+
+    def start(self, *names: str) -> None:
+        for name in names or tuple(self.services):
+            self.services[name].start()
+
+    async def wait_ready(self, *names: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as http:
+            for name in names or tuple(self.services):
+                service = self.services[name]
+                while True:
+                    if service.proc is not None and service.proc.poll() is not None:
+                        raise RuntimeError(f"{name} exited with {service.proc.returncode}; "
+                                           f"see {service.log_path}")
+                    with contextlib.suppress(aiohttp.ClientError, OSError):
+                        async with http.get(service.url + "/readyz") as resp:
+                            if resp.status == 200:
+                                break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{name} not ready in {timeout_s}s; "
+                                           f"see {service.log_path}")
+                    await asyncio.sleep(0.1)
+
+    async def backlog(self) -> int:
+        """Unconsumed records plus unpublished outbox messages, over all running services."""
+        total = 0
+        async with aiohttp.ClientSession() as http:
+            for service in self.services.values():
+                if service.proc is None or service.proc.poll() is not None:
+                    continue
+                async with http.get(service.url + "/metrics") as resp:
+                    text = await resp.text()
+                for family in text_string_to_metric_families(text):
+                    if family.name in ("loyalty_consumer_lag", "loyalty_outbox_backlog"):
+                        total += int(sum(s.value for s in family.samples))
+        return total
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait for zero lag and empty outboxes, seen twice in a row (metrics lag ~2 s)."""
+        deadline = time.monotonic() + timeout_s
+        quiet = 0
+        while time.monotonic() < deadline:
+            try:
+                quiet = quiet + 1 if await self.backlog() == 0 else 0
+            except (aiohttp.ClientError, OSError):
+                quiet = 0
+            if quiet >= 2:
+                return True
+            await asyncio.sleep(kafka.LAG_INTERVAL_S)
+        return False
+
+    def stop(self) -> None:
+        for service in self.services.values():
+            service.terminate()
+        for service in self.services.values():
+            service.wait(STOP_TIMEOUT_S)

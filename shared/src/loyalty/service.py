@@ -1,0 +1,129 @@
+"""Bootstrap and lifecycle shared by every service process.
+
+`run_service(spec)` builds the pool (after migrations), the faststream broker with the
+service's subscribers, the outbox relay and the HTTP server; on SIGTERM/SIGINT it stops
+consuming, drains the outbox, and closes everything in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+from aiohttp import web
+from faststream.kafka import KafkaBroker
+
+from loyalty import db, kafka
+from loyalty.clock import Clock, IdProvider, SystemClock, UuidIds
+from loyalty.http import make_app
+from loyalty.logging import configure_logging
+from loyalty.messaging import BatchConsumer, Decoder, Handler, OutboxRelay
+from loyalty.settings import ServiceSettings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Runtime:
+    """What a service's wiring function gets: the built adapters, to register on."""
+
+    name: str
+    settings: ServiceSettings
+    pool: asyncpg.Pool
+    broker: KafkaBroker
+    relay: OutboxRelay
+    app: web.Application
+    clock: Clock
+    ids: IdProvider
+    background: list[Callable[[], Any]] = field(default_factory=list)
+
+    def consume(self, topic: str, decode: Decoder[Any], handle: Handler[Any], *,
+                use_inbox: bool = True, group_suffix: str = "") -> BatchConsumer[Any]:
+        consumer = BatchConsumer(
+            service=self.name, topic=topic, pool=self.pool, decode=decode, handle=handle,
+            on_commit=self.relay.notify, use_inbox=use_inbox,
+            retry_backoff_max_s=self.settings.retry_backoff_max_ms / 1000)
+        kafka.subscribe_batch(
+            self.broker, consumer, group_id=f"loyalty-{self.name}{group_suffix}",
+            batch_size_max=self.settings.batch_size_max,
+            batch_timeout_ms=self.settings.batch_timeout_ms)
+        return consumer
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    schema: str
+    migrations_dir: Path
+    settings: ServiceSettings
+    http_port: int
+    wire: Callable[[Runtime], None]
+    clock: Clock = field(default_factory=SystemClock)
+    ids: IdProvider = field(default_factory=UuidIds)
+
+
+async def run_service(spec: ServiceSpec, stop: asyncio.Event | None = None) -> None:
+    settings = spec.settings
+    configure_logging(spec.name, settings.log_level)
+    if not settings.api_token:
+        raise SystemExit("LOYALTY_API_TOKEN is not set")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    dsn = settings.pg_dsn  # type: ignore[attr-defined]
+    pool = await db.create_pool(dsn, size_max=settings.pool_size_max, schema=spec.schema)
+    await db.apply_migrations(pool, spec.schema, spec.migrations_dir)
+    await kafka.ensure_topics(settings.kafka_bootstrap)
+
+    broker = kafka.make_broker(settings.kafka_bootstrap, spec.name)
+    relay = OutboxRelay(service=spec.name, pool=pool, bootstrap=settings.kafka_bootstrap,
+                        batch_size_max=settings.outbox_batch_size_max,
+                        poll_interval_s=settings.outbox_poll_interval_ms / 1000,
+                        retry_backoff_max_s=settings.retry_backoff_max_ms / 1000)
+
+    async def readiness() -> str | None:
+        try:
+            await pool.fetchval("SELECT 1")
+        except Exception as exc:
+            return f"database unreachable: {exc}"
+        if not kafka.is_assigned(broker):
+            return "consumers have not joined their groups yet"
+        return None
+
+    app = make_app(settings.api_token, readiness)
+    runtime = Runtime(spec.name, settings, pool, broker, relay, app, spec.clock, spec.ids)
+    spec.wire(runtime)
+
+    await relay.start()
+    await broker.start()
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, spec.http_port)
+    await site.start()
+    tasks = [asyncio.create_task(kafka.report_lag(broker, spec.name))]
+    tasks += [asyncio.create_task(job()) for job in runtime.background]
+    log.info("service.started", port=spec.http_port, schema=spec.schema)
+    try:
+        await stop.wait()
+    finally:
+        log.info("service.stopping")
+        await broker.stop()  # stop consuming; in-flight batches finish and commit
+        if not await relay.drain(settings.shutdown_drain_timeout_s):
+            log.warning("service.outbox_not_drained", backlog=relay.backlog)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await relay.stop()
+        await runner.cleanup()
+        await pool.close()
+        log.info("service.stopped")

@@ -1,0 +1,180 @@
+"""A till's purchase becomes points and an SMS, through the public contract only.
+
+earn and ledger run as separate processes on embedded PostgreSQL and the Tansu broker; tests
+publish CONTRACT.md payloads and read the public topics and HTTP routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from loyalty import topics
+from loyalty.testing import Api, Kafka, unique, unique_phone
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+PROGRAM = "coffee-club"
+
+
+def purchase(phone: str, total: str = "12.40", *, event_id: str | None = None,
+             order_id: str | None = None, program_id: str = PROGRAM) -> dict:
+    """The CONTRACT.md example, with fresh ids. Plain items (no category) earn the base rate."""
+    return {
+        "event_id": event_id or unique("pos"), "type": "purchase.completed",
+        "occurred_at": "2026-10-20T10:15:00+03:00", "program_id": program_id,
+        "order_id": order_id or unique("A"), "channel": "pos", "store_id": "vilnius-01",
+        "customer": {"phone": phone}, "currency": "EUR", "total": total,
+        "items": [{"sku": "CROISSANT", "category": "bakery", "quantity": 1, "unit_price": total}],
+        "locale": "lt",
+    }
+
+
+def expected_points(total: str) -> int:
+    # coffee-club: 10 points per EUR, floor; bakery has no multiplier; member tier x1.
+    return int(Decimal(total) * 10)
+
+
+@pytest.fixture
+def ledger(platform, api_token) -> Api:
+    return Api(platform.services["ledger"].url, api_token)
+
+
+async def balance_of(ledger: Api, phone: str) -> int | None:
+    status, body = await ledger.get(f"/v1/programs/{PROGRAM}/members/phone:{phone}")
+    return body["balance"] if status == 200 else None
+
+
+async def test_purchase_credits_points_and_sends_an_sms(platform, kafka_client: Kafka,
+                                                        ledger: Api) -> None:
+    phone = unique_phone()
+    event = purchase(phone, "12.40")
+    await kafka_client.publish(topics.PURCHASES, event, key=event["order_id"])
+
+    view = await ledger.wait_until(f"/v1/programs/{PROGRAM}/members/phone:{phone}",
+                                   lambda b: b["balance"] > 0)
+    assert view["balance"] == view["available"] == 124
+    assert view["reserved"] == 0 and view["owed"] == 0
+    assert sum(e["points"] for e in view["expiring"]) == 124
+
+    [sms] = await kafka_client.wait_for(
+        topics.NOTIFICATIONS_SMS, lambda r: json.loads(r.value)["to"] == phone)
+    message = json.loads(sms.value)
+    assert message["template"] == "points_earned"
+    assert message["channel"] == "sms" and message["locale"] == "lt"
+    assert message["member_id"] == view["member_id"]
+    assert "124" in message["body"]
+
+    [credited] = await kafka_client.wait_for(
+        topics.LEDGER, lambda r: json.loads(r.value)["member_id"] == view["member_id"])
+    ledger_event = json.loads(credited.value)
+    assert ledger_event["type"] == "points.credited"
+    assert ledger_event["source"] == {"kind": "purchase", "id": event["order_id"]}
+    assert ledger_event["balance_after"] == 124
+
+
+async def test_the_same_purchase_three_times_credits_once(platform, kafka_client: Kafka,
+                                                          ledger: Api) -> None:
+    phone = unique_phone()
+    event = purchase(phone, "5.00")
+    for _ in range(3):
+        await kafka_client.publish(topics.PURCHASES, event, key=event["order_id"])
+    marker = purchase(phone, "1.00")  # published after: once it counts, the copies are done
+    await kafka_client.publish(topics.PURCHASES, marker, key=event["order_id"])
+
+    view = await ledger.wait_until(f"/v1/programs/{PROGRAM}/members/phone:{phone}",
+                                   lambda b: b["balance"] >= 10)
+    assert view["balance"] == 50 + 10
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    (b'{"event_id": "x", "type": "purchase.completed",', "malformed_json"),
+    ("missing", "missing_field"),
+    ("unknown_program", "unknown_program"),
+])
+async def test_bad_input_goes_to_the_dlq_and_the_stream_goes_on(
+        platform, kafka_client: Kafka, ledger: Api, raw, code: str) -> None:
+    phone = unique_phone()
+    marker = unique("bad")
+    if raw == "missing":
+        bad = purchase(phone, event_id=marker)
+        del bad["total"]
+        value = json.dumps(bad).encode()
+    elif raw == "unknown_program":
+        value = json.dumps(purchase(phone, event_id=marker, program_id="no-such-program")).encode()
+    else:
+        value = raw[:-1] + f' "marker": "{marker}",'.encode()
+    key = unique("A")
+    await kafka_client.publish(topics.PURCHASES, value, key=key)
+    good = purchase(phone, "2.00")
+    await kafka_client.publish(topics.PURCHASES, good, key=key)
+
+    [dead] = await kafka_client.wait_for(topics.dlq(topics.PURCHASES),
+                                         lambda r: marker.encode() in (r.value or b""))
+    headers = {k: v.decode() for k, v in dead.headers}
+    assert headers["error.code"] == code
+    assert headers["original.topic"] == topics.PURCHASES
+    assert int(headers["original.offset"]) >= 0 and headers["error.message"]
+    assert dead.value == value
+    view = await ledger.wait_until(f"/v1/programs/{PROGRAM}/members/phone:{phone}",
+                                   lambda b: b["balance"] > 0)
+    assert view["balance"] == 20
+
+
+async def test_kill_9_of_the_ledger_mid_stream_loses_and_doubles_nothing(
+        platform, infra, kafka_client: Kafka, ledger: Api) -> None:
+    phones = [unique_phone() for _ in range(100)]  # about 1,000 points each: below gold
+    rng = random.Random(7)
+    events = [purchase(rng.choice(phones), f"{rng.randint(1, 19)}.{rng.randint(0, 99):02d}")
+              for _ in range(1000)]
+    expected: dict[str, int] = {}
+    for e in events:
+        expected[e["customer"]["phone"]] = (expected.get(e["customer"]["phone"], 0)
+                                            + expected_points(e["total"]))
+
+    await kafka_client.publish_many(topics.PURCHASES, [(e["order_id"], e) for e in events[:500]])
+    await asyncio.sleep(0.3)
+    platform.services["ledger"].kill()
+    await kafka_client.publish_many(topics.PURCHASES, [(e["order_id"], e) for e in events[500:]])
+    platform.start("ledger")
+    await platform.wait_ready("ledger")
+
+    for phone, points in expected.items():
+        await ledger.wait_until(f"/v1/programs/{PROGRAM}/members/phone:{phone}",
+                                lambda b, p=points: b["balance"] >= p, timeout_s=60)
+    await asyncio.sleep(1.0)  # anything extra (a double credit) would have landed by now
+    for phone, points in expected.items():
+        assert await balance_of(ledger, phone) == points
+
+    conn = await asyncpg.connect(infra.pg_dsn)
+    try:
+        duplicates = await conn.fetchval(
+            "SELECT count(*) FROM (SELECT source_id FROM ledger.entries"
+            " WHERE type = 'points.credited' AND account_id NOT LIKE '@%'"
+            " GROUP BY source_id HAVING count(*) > 1) d")
+        credited = await conn.fetchval(
+            "SELECT count(*) FROM ledger.entries WHERE source_id = ANY($1::text[])"
+            " AND account_id NOT LIKE '@%'", [e["order_id"] for e in events])
+    finally:
+        await conn.close()
+    assert duplicates == 0
+    assert credited == len(events)
+
+
+async def test_metrics_show_the_flow(platform, api_token) -> None:
+    for name in ("earn", "ledger"):
+        status, text = await Api(platform.services[name].url, api_token).get("/metrics",
+                                                                            token=None)
+        assert status == 200
+        for metric in ("loyalty_messages_consumed_total", "loyalty_messages_produced_total",
+                       "loyalty_handler_seconds_bucket", "loyalty_outbox_backlog"):
+            assert f"{metric}{{" in text, f"{name} lacks {metric}"
+    _, earn_text = await Api(platform.services["earn"].url, api_token).get("/metrics",
+                                                                           token=None)
+    assert "loyalty_dead_letters_total{" in earn_text
+    assert 'code="malformed_json"' in earn_text
