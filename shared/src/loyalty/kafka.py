@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
 
 import structlog
@@ -29,6 +30,7 @@ log = structlog.get_logger(__name__)
 LAG_INTERVAL_S = 2.0
 ADMIN_TIMEOUT_MS = 10_000
 TOPIC_ALREADY_EXISTS = 36
+FETCH_MAX_WAIT_MS = 50
 
 
 async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec] | None = None) -> None:
@@ -51,7 +53,21 @@ async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec] | None = None
 def make_broker(bootstrap: str, service: str) -> KafkaBroker:
     """A faststream broker that only consumes (emitting goes through the outbox relay)."""
     return KafkaBroker(bootstrap, client_id=f"loyalty-{service}", enable_idempotence=False,
-                       acks="all", graceful_timeout=30.0)
+                       acks="all", graceful_timeout=30.0,
+                       logger=logging.getLogger("loyalty.faststream"))
+
+
+async def start_broker(broker: KafkaBroker) -> None:
+    """`broker.start()`, but the subscribers join their groups concurrently.
+
+    Each group join takes seconds on the broker (its rebalance delay); joined one after
+    another they made a service's start-up the sum of them.
+    """
+    await broker.connect()
+    await asyncio.gather(*(sub.start() for sub in broker.subscribers))
+    for pub in broker.publishers:
+        await pub.start()
+    broker.running = True
 
 
 def subscribe_batch(broker: KafkaBroker, consumer: BatchConsumer, *, group_id: str,
@@ -61,6 +77,8 @@ def subscribe_batch(broker: KafkaBroker, consumer: BatchConsumer, *, group_id: s
     @broker.subscriber(
         consumer.topic, group_id=group_id, batch=True, max_records=batch_size_max,
         batch_timeout_ms=batch_timeout_ms, auto_offset_reset="earliest",
+        # The broker holds an empty fetch this long: it bounds the latency of each hop.
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         ack_policy=AckPolicy.ACK, title=f"{consumer.service}:{consumer.topic}",
     )
     async def on_batch(message: KafkaMessage) -> None:
@@ -104,6 +122,9 @@ async def report_lag(broker: KafkaBroker, service: str) -> None:
 
 
 def is_assigned(broker: KafkaBroker) -> bool:
-    """Every subscriber has joined its group and holds partitions (or shares them)."""
+    """Every subscriber has joined its group and holds partitions.
+
+    (A replica beyond the partition count would hold none and never report ready: keep
+    replicas at or below the partition count.)"""
     consumers = consumers_of(broker)
-    return bool(consumers) and all(c.assignment() is not None for c in consumers)
+    return len(consumers) == len(broker.subscribers) and all(c.assignment() for c in consumers)

@@ -17,7 +17,8 @@ from typing import Any
 import structlog
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
-_PHONE = re.compile(r"(?<![\w.])(\+?\d[\d \-]{5,}\d)(\d{2})(?!\d)")
+# Digit runs that stand alone (not inside an id such as a UUID or an order number).
+_PHONE = re.compile(r"(?<![\w.-])(\+?\d[\d \-]{5,}\d)(\d{2})(?![\w-])")
 _SECRET_KEYS = {"code", "codes", "reward_code", "token", "api_token", "password", "to"}
 
 
@@ -76,7 +77,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(max(level_no, logging.WARNING))
     # faststream logs every message at INFO; our own metrics and logs cover that.
-    logging.getLogger("faststream").setLevel(logging.WARNING)
+    logging.getLogger("loyalty.faststream").setLevel(logging.WARNING)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -91,7 +92,7 @@ class Platform:
         await kafka.ensure_topics(self.bootstrap)
         for name, (_, schema, _) in SERVICES.items():
             dsn = await db.provision_service(self.admin_dsn, schema)
-            port = SERVICES[name][2] if self.fixed_ports else free_port()
+            port = self._port(name)
             env = {
                 **os.environ,
                 "LOYALTY_KAFKA_BOOTSTRAP": self.bootstrap,
@@ -102,6 +103,17 @@ class Platform:
             env.pop("LOYALTY_PG_DSN", None)  # a service only ever sees its own role
             self.services[name] = ServiceProcess(name, port, env,
                                                  self.data_dir / "logs" / f"{name}.log")
+
+    def _port(self, name: str) -> int:
+        if not self.fixed_ports:
+            return free_port()
+        port = int(os.environ.get(f"LOYALTY_{name.upper()}_HTTP_PORT", SERVICES[name][2]))
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                raise RuntimeError(
+                    f"port {port} for {name} is taken (another `loyalty up`?); stop it or set "
+                    f"LOYALTY_{name.upper()}_HTTP_PORT")
+        return port
 
     def start(self, *names: str) -> None:
         for name in names or tuple(self.services):

@@ -45,13 +45,13 @@ class Runtime:
     background: list[Callable[[], Any]] = field(default_factory=list)
 
     def consume(self, topic: str, decode: Decoder[Any], handle: Handler[Any], *,
-                use_inbox: bool = True, group_suffix: str = "") -> BatchConsumer[Any]:
+                use_inbox: bool = True) -> BatchConsumer[Any]:
         consumer = BatchConsumer(
             service=self.name, topic=topic, pool=self.pool, decode=decode, handle=handle,
             on_commit=self.relay.notify, use_inbox=use_inbox,
             retry_backoff_max_s=self.settings.retry_backoff_max_ms / 1000)
         kafka.subscribe_batch(
-            self.broker, consumer, group_id=f"loyalty-{self.name}{group_suffix}",
+            self.broker, consumer, group_id=f"loyalty-{self.name}.{topic}",
             batch_size_max=self.settings.batch_size_max,
             batch_timeout_ms=self.settings.batch_timeout_ms)
         return consumer
@@ -104,12 +104,13 @@ async def run_service(spec: ServiceSpec, stop: asyncio.Event | None = None) -> N
     runtime = Runtime(spec.name, settings, pool, broker, relay, app, spec.clock, spec.ids)
     spec.wire(runtime)
 
-    await relay.start()
-    await broker.start()
+    # HTTP first: a taken port fails the start at once, and /readyz says when consumers joined.
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, spec.http_port)
     await site.start()
+    await relay.start()
+    await kafka.start_broker(broker)
     tasks = [asyncio.create_task(kafka.report_lag(broker, spec.name))]
     tasks += [asyncio.create_task(job()) for job in runtime.background]
     log.info("service.started", port=spec.http_port, schema=spec.schema)

@@ -56,5 +56,4 @@ def wire(runtime: Runtime) -> None:
     # Programs: the latest definition per key wins; applying one twice changes nothing.
     runtime.consume(topics.PROGRAMS, decode_program, on_program, use_inbox=False)
     runtime.consume(topics.PURCHASES, decode_purchase, on_purchase)
-    runtime.consume(topics.LEDGER, decode_ledger_event, on_ledger_event,
-                    group_suffix="-notifications")
+    runtime.consume(topics.LEDGER, decode_ledger_event, on_ledger_event)

@@ -1,0 +1,43 @@
+"""Logs never carry full phone numbers, e-mails or reward codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import structlog
+
+from loyalty.logging import configure_logging, correlation, mask_pii
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    ("+37060000001", "+3706*****01"),
+    ("call +370 600 00001 now", "call +370 *******01 now"),
+    ("jonas.jonaitis@example.com", "j***@example.com"),
+    ("to a@b.lt and +48500100200", "to a***@b.lt and +4850*****00"),
+])
+def test_phones_and_emails_are_masked(text: str, masked: str) -> None:
+    assert mask_pii(text) == masked
+
+
+@pytest.mark.parametrize("text", [
+    "1bb78aba-6601-4a84-be82-20b972590182",  # a UUID is not a phone number
+    "pos-7781-000123",
+    "order A-1001 of 12.40 EUR",
+    "balance 1240",
+])
+def test_ids_and_amounts_are_left_alone(text: str) -> None:
+    assert mask_pii(text) == text
+
+
+def test_log_lines_are_json_with_correlation_and_no_secrets(capsys) -> None:
+    configure_logging("probe", "INFO")
+    log = structlog.get_logger("probe")
+    with correlation("corr-1"):
+        log.info("reward.delivered", to="+37060000001", code="GIFT-ABCD-1234",
+                 note="sent to jonas@example.com")
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert line["correlation_id"] == "corr-1" and line["service"] == "probe"
+    assert line["code"] == "***" and line["to"] == "***"
+    assert line["note"] == "sent to j***@example.com"
+    assert "37060000001" not in json.dumps(line) and "GIFT-ABCD" not in json.dumps(line)
