@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from loyalty import topics
@@ -136,7 +137,7 @@ async def _up(programs_file: Path) -> int:
         await wait_programs_applied(platform.services["earn"].url, token, programs)
         sink = asyncio.create_task(_sink(infra.kafka_bootstrap, stop))
         _runtime_file().write_text(json.dumps({
-            "kafka_bootstrap": infra.kafka_bootstrap, "api_token": token,
+            "kafka_bootstrap": infra.kafka_bootstrap, "api_token": token, "pg_dsn": infra.pg_dsn,
             "urls": {n: s.url for n, s in platform.services.items()}}))
         print(f"\nLoyalty platform ready in {time.monotonic() - started:.1f}s\n"
               f"  Kafka bootstrap : {infra.kafka_bootstrap}\n"
@@ -166,6 +167,52 @@ def cmd_up(args: argparse.Namespace) -> int:
     return asyncio.run(_up(Path(args.programs)))
 
 
+def _ledger_dsn() -> str | None:
+    """The ledger's database: its own role, the admin DSN, or the running `loyalty up`'s."""
+    for name in ("LOYALTY_LEDGER_PG_DSN", "LOYALTY_PG_DSN"):
+        if dsn := os.environ.get(name):
+            return dsn
+    if _runtime_file().exists():
+        return json.loads(_runtime_file().read_text()).get("pg_dsn")
+    return None
+
+
+async def _audit(dsn: str) -> tuple[list[str], dict[str, int]]:
+    # The ledger service's package, imported here rather than at the top: the shared library
+    # must not depend on a service, but the workspace installs both, so `loyalty audit` works.
+    from ledger.audit import audit, census
+
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": "ledger"})
+    try:
+        # One snapshot for the checks and the counts, while the ledger may keep writing.
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            return await audit(conn), await census(conn)
+    finally:
+        await conn.close()
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Exit 0: clean; 1: violations (listed); 2: could not audit (no or unreachable database)."""
+    dsn = _ledger_dsn()
+    if dsn is None:
+        print("error: no database: set LOYALTY_LEDGER_PG_DSN or LOYALTY_PG_DSN, "
+              "or start `loyalty up` first", file=sys.stderr)
+        return 2
+    try:
+        violations, counts = asyncio.run(_audit(dsn))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        print(f"error: cannot audit the ledger: {exc}", file=sys.stderr)
+        return 2
+    if violations:
+        print(f"ledger audit: {len(violations)} violation(s)")
+        for violation in violations:
+            print(violation)
+        return 1
+    print(f"ledger audit: clean ({counts['accounts']} accounts, {counts['entries']} entries, "
+          f"{counts['lots']} lots)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="loyalty", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     apply = programs_sub.add_parser("apply", help="validate and publish a program YAML file")
     apply.add_argument("file")
     apply.set_defaults(func=cmd_programs_apply)
+
+    audit = sub.add_parser("audit", help="check the ledger invariants (exit 1 if broken)")
+    audit.set_defaults(func=cmd_audit)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -29,7 +29,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from loyalty import metrics
 from loyalty.logging import correlation, current_correlation_id
@@ -83,9 +83,11 @@ def parse_json_object(raw: bytes | None) -> dict[str, Any]:
     return payload
 
 
-def validate(model: type[BaseModel], payload: dict[str, Any]) -> Any:
+def validate(model: type[BaseModel] | TypeAdapter[Any], payload: dict[str, Any]) -> Any:
     """Validate against a contract model; name the first failing field in the error."""
     try:
+        if isinstance(model, TypeAdapter):
+            return model.validate_python(payload)
         return model.model_validate(payload)
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -146,6 +148,11 @@ Decoder = Callable[[dict[str, Any]], tuple[str, T]]
 Handler = Callable[[asyncpg.Connection, Envelope[T], Outbox], Awaitable[None]]
 """Applies one message inside the batch transaction; raises `Rejected` for bad input."""
 
+BatchHandler = Callable[[asyncpg.Connection, list[Envelope[T]], Outbox], Awaitable[None]]
+"""Applies many messages at once (set-based); used where per-message round trips are too slow.
+If it fails on a constraint, the batch is replayed one message at a time to isolate the bad
+one, which is dead-lettered with `constraint_violation`."""
+
 
 def _header(record: ConsumerRecord, name: str) -> str | None:
     for key, value in record.headers or ():
@@ -162,7 +169,8 @@ class BatchConsumer(Generic[T]):
     topic: str
     pool: asyncpg.Pool
     decode: Decoder[T]
-    handle: Handler[T]
+    handle: Handler[T] | None = None
+    handle_batch: BatchHandler[T] | None = None
     on_commit: Callable[[], None] = lambda: None
     use_inbox: bool = True
     retry_backoff_max_s: float = 5.0
@@ -195,6 +203,8 @@ class BatchConsumer(Generic[T]):
         self.on_commit()
 
     async def _apply(self, records: Sequence[ConsumerRecord]) -> _Outcome:
+        if self.handle_batch is not None:
+            return await self._apply_set_based(records)
         outcome = _Outcome()
         outbox = Outbox()
         async with self.pool.acquire() as conn, conn.transaction():
@@ -221,11 +231,83 @@ class BatchConsumer(Generic[T]):
                     if self.use_inbox and not await self._first_delivery(
                             conn, message_id, digest, outcome):
                         return
+                    assert self.handle is not None
                     await self.handle(conn, Envelope(record, message, message_id, digest), emitted)
             except Rejected as rej:
                 self._reject(outbox, record, rej, outcome)
                 return
             outbox.rows.extend(emitted.rows)
+
+    async def _apply_set_based(self, records: Sequence[ConsumerRecord]) -> _Outcome:
+        assert self.handle_batch is not None
+        outcome = _Outcome()
+        outbox = Outbox()
+        envelopes: list[Envelope[T]] = []
+        for record in records:
+            try:
+                payload = parse_json_object(record.value)
+                message_id, message = self.decode(payload)
+            except Rejected as rej:
+                self._reject(outbox, record, rej, outcome)
+                continue
+            envelopes.append(Envelope(record, message, message_id, payload_digest(payload)))
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh = await self._first_deliveries(conn, envelopes, outbox, outcome)
+            emitted = Outbox()
+            try:
+                async with conn.transaction():
+                    await self.handle_batch(conn, fresh, emitted)
+                outbox.rows.extend(emitted.rows)
+            except asyncpg.IntegrityConstraintViolationError:
+                log.exception("batch.constraint_violation", topic=self.topic,
+                              records=len(fresh))
+                await self._one_by_one(conn, fresh, outbox, outcome)
+            await outbox.flush(conn)
+        return outcome
+
+    async def _one_by_one(self, conn: asyncpg.Connection, envelopes: list[Envelope[T]],
+                          outbox: Outbox, outcome: _Outcome) -> None:
+        assert self.handle_batch is not None
+        for env in envelopes:
+            emitted = Outbox()
+            try:
+                async with conn.transaction():
+                    await self.handle_batch(conn, [env], emitted)
+            except asyncpg.IntegrityConstraintViolationError as exc:
+                self._reject(outbox, env.record, Rejected("constraint_violation", str(exc)),
+                             outcome)
+                continue
+            outbox.rows.extend(emitted.rows)
+
+    async def _first_deliveries(self, conn: asyncpg.Connection, envelopes: list[Envelope[T]],
+                                outbox: Outbox, outcome: _Outcome) -> list[Envelope[T]]:
+        """The inbox, in bulk: envelopes seen for the first time, in order; the rest are
+        duplicates (no effect) or conflicts (dead-lettered)."""
+        first: dict[str, Envelope[T]] = {}
+        repeats: list[Envelope[T]] = []
+        for env in envelopes:
+            if env.message_id in first:
+                repeats.append(env)
+            else:
+                first[env.message_id] = env
+        inserted = {r["message_id"] for r in await conn.fetch(
+            "INSERT INTO inbox (topic, message_id, digest)"
+            " SELECT $1, * FROM unnest($2::text[], $3::bytea[]) ON CONFLICT DO NOTHING"
+            " RETURNING message_id",
+            self.topic, list(first), [e.digest for e in first.values()])}
+        seen = {r["message_id"]: bytes(r["digest"]) for r in await conn.fetch(
+            "SELECT message_id, digest FROM inbox WHERE topic = $1"
+            " AND message_id = ANY($2::text[])",
+            self.topic, [i for i in first if i not in inserted])}
+        fresh = [env for i, env in first.items() if i in inserted]
+        for env in [e for i, e in first.items() if i not in inserted] + repeats:
+            if seen.get(env.message_id, first[env.message_id].digest) == env.digest:
+                outcome.duplicates += 1
+            else:
+                self._reject(outbox, env.record, Rejected(
+                    "id_conflict", f"id {env.message_id!r} was seen before with a different "
+                    "payload"), outcome)
+        return fresh
 
     async def _first_delivery(self, conn: asyncpg.Connection, message_id: str, digest: bytes,
                               outcome: _Outcome) -> bool:

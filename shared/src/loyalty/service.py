@@ -24,7 +24,7 @@ from loyalty import db, kafka
 from loyalty.clock import Clock, IdProvider, SystemClock, UuidIds
 from loyalty.http import make_app
 from loyalty.logging import configure_logging
-from loyalty.messaging import BatchConsumer, Decoder, Handler, OutboxRelay
+from loyalty.messaging import BatchConsumer, BatchHandler, Decoder, Handler, OutboxRelay
 from loyalty.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -44,11 +44,12 @@ class Runtime:
     ids: IdProvider
     background: list[Callable[[], Any]] = field(default_factory=list)
 
-    def consume(self, topic: str, decode: Decoder[Any], handle: Handler[Any], *,
+    def consume(self, topic: str, decode: Decoder[Any], handle: Handler[Any] | None = None, *,
+                handle_batch: BatchHandler[Any] | None = None,
                 use_inbox: bool = True) -> BatchConsumer[Any]:
         consumer = BatchConsumer(
             service=self.name, topic=topic, pool=self.pool, decode=decode, handle=handle,
-            on_commit=self.relay.notify, use_inbox=use_inbox,
+            handle_batch=handle_batch, on_commit=self.relay.notify, use_inbox=use_inbox,
             retry_backoff_max_s=self.settings.retry_backoff_max_ms / 1000)
         kafka.subscribe_batch(
             self.broker, consumer, group_id=f"loyalty-{self.name}.{topic}",

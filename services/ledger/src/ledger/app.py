@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ledger.adapters.postgres import LedgerQueries
+from ledger.adapters.queries import LedgerReads
 from ledger.entrypoints import consumers, http
 from ledger.settings import LedgerSettings
 from loyalty.service import Runtime, ServiceSpec
@@ -14,7 +14,7 @@ MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 def wire(runtime: Runtime) -> None:
     consumers.wire(runtime)
-    http.add_routes(runtime.app, LedgerQueries(runtime.pool))
+    http.add_routes(runtime.app, LedgerReads(runtime.pool))
 
 
 def build(settings: LedgerSettings | None = None) -> ServiceSpec:

@@ -2,79 +2,179 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from ledger.domain.model import PROGRAM_ACCOUNTS, Account, Lot
-
-
-@dataclass(frozen=True)
-class EntryRow:
-    account_id: str
-    type: str
-    points: int
-    balance_after: int | None
+from ledger.domain.model import PROGRAM_ACCOUNTS, Book, Changes, Hold, Lot, Movement
 
 
 class LedgerRepository:
+    """Loads the books a batch touches (locking their accounts) and persists its changes."""
+
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
-    async def lock_member(self, program_id: str, member_id: str) -> Account:
-        """The member's account, created on first use, locked until the transaction ends."""
+    async def load_books(self, keys: list[tuple[str, str]],
+                         hold_ids: list[str]) -> dict[tuple[str, str], Book]:
+        """Accounts (created on first use), open lots and relevant holds of these members.
+
+        The account rows are locked in key order until the transaction ends, so two
+        transactions touching the same members queue instead of deadlocking."""
+        programs = sorted({p for p, _ in keys})
         await self.conn.execute(
             "INSERT INTO accounts (program_id, account_id, kind)"
-            " SELECT $1, a, k FROM unnest($2::text[], $3::text[]) AS t(a, k)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[])"
             " ON CONFLICT DO NOTHING",
-            program_id, [member_id, *PROGRAM_ACCOUNTS], ["member", *PROGRAM_ACCOUNTS.values()])
-        row = await self.conn.fetchrow(
-            "SELECT balance, reserved, owed FROM accounts"
-            " WHERE program_id = $1 AND account_id = $2 FOR UPDATE", program_id, member_id)
-        return Account(row["balance"], row["reserved"], row["owed"])
-
-    async def save_member(self, program_id: str, member_id: str, account: Account) -> None:
-        await self.conn.execute(
-            "UPDATE accounts SET balance = $3, reserved = $4, owed = $5, updated_at = now()"
-            " WHERE program_id = $1 AND account_id = $2",
-            program_id, member_id, account.balance, account.reserved, account.owed)
-
-    async def add_entries(self, *, program_id: str, command_id: str, occurred_at: datetime,
-                          reason: str, source_kind: str, source_id: str,
-                          rows: list[EntryRow]) -> list[int]:
-        records = await self.conn.fetch(
-            "INSERT INTO entries (program_id, account_id, command_id, type, points,"
-            " balance_after, reason, source_kind, source_id, occurred_at)"
-            " SELECT $1, a, $2, t, p, b, $3, $4, $5, $6"
-            " FROM unnest($7::text[], $8::text[], $9::bigint[], $10::bigint[]) AS x(a, t, p, b)"
-            " RETURNING entry_id",
-            program_id, command_id, reason, source_kind, source_id, occurred_at,
-            [r.account_id for r in rows], [r.type for r in rows], [r.points for r in rows],
-            [r.balance_after for r in rows])
-        return [r["entry_id"] for r in records]
-
-    async def add_lot(self, *, program_id: str, member_id: str, command_id: str, points: int,
-                      earned_at: datetime, expires_at: datetime | None) -> None:
-        await self.conn.execute(
-            "INSERT INTO lots (program_id, member_id, command_id, points, remaining, earned_at,"
-            " expires_at) VALUES ($1, $2, $3, $4, $4, $5, $6)",
-            program_id, member_id, command_id, points, earned_at, expires_at)
-
-    async def open_lots(self, program_id: str, member_id: str) -> list[Lot]:
+            [p for p, _ in keys] + [p for p in programs for _ in PROGRAM_ACCOUNTS],
+            [m for _, m in keys] + [a for _ in programs for a in PROGRAM_ACCOUNTS],
+            ["member"] * len(keys) + [k for _ in programs for k in PROGRAM_ACCOUNTS.values()])
+        program_ids, member_ids = [p for p, _ in keys], [m for _, m in keys]
         rows = await self.conn.fetch(
-            "SELECT lot_id, remaining, expires_at, earned_at FROM lots"
-            " WHERE program_id = $1 AND member_id = $2 AND remaining > 0",
-            program_id, member_id)
-        return [Lot(r["lot_id"], r["remaining"], r["expires_at"], r["earned_at"]) for r in rows]
+            "SELECT program_id, account_id, balance, reserved, owed FROM accounts"
+            " WHERE (program_id, account_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+            " ORDER BY program_id, account_id FOR UPDATE",
+            program_ids, member_ids)
+        books = {(r["program_id"], r["account_id"]): Book(
+            r["program_id"], r["account_id"], r["balance"], r["reserved"], r["owed"])
+            for r in rows}
+        for r in await self.conn.fetch(
+                "SELECT lot_id, program_id, member_id, points, remaining, earned_at, expires_at,"
+                " command_id FROM lots WHERE remaining > 0 AND (program_id, member_id) IN"
+                " (SELECT * FROM unnest($1::text[], $2::text[]))", program_ids, member_ids):
+            books[(r["program_id"], r["member_id"])].lots[r["lot_id"]] = _lot(r)
+        for r in await self.conn.fetch(
+                "SELECT * FROM holds WHERE ((program_id, member_id) IN"
+                " (SELECT * FROM unnest($1::text[], $2::text[])) AND status = 'active')"
+                " OR hold_id = ANY($3::text[])", program_ids, member_ids, hold_ids):
+            book = books.get((r["program_id"], r["member_id"]))
+            if book is not None:
+                book.holds[r["hold_id"]] = Hold(
+                    r["hold_id"], r["points"], r["status"], r["expires_at"], r["created_at"],
+                    r["reason"], r["source_kind"], r["source_id"], r["settled_at"],
+                    r["settled_by"])
+        return books
 
-    async def take_from_lots(self, taken: list[tuple[int, int]]) -> None:
-        await self.conn.execute(
-            "UPDATE lots SET remaining = remaining - t.points"
-            " FROM unnest($1::bigint[], $2::bigint[]) AS t(lot_id, points)"
-            " WHERE lots.lot_id = t.lot_id",
-            [lot_id for lot_id, _ in taken], [points for _, points in taken])
+    async def load_movements(self, command_ids: list[str],
+                             books: dict[tuple[str, str], Book]) -> dict[str, Movement]:
+        """Applied commands a batch reverses, with the lots they used (loaded into books)."""
+        if not command_ids:
+            return {}
+        rows = await self.conn.fetch(
+            "SELECT * FROM movements WHERE command_id = ANY($1::text[])", command_ids)
+        movements = {r["command_id"]: Movement(
+            r["command_id"], r["program_id"], r["member_id"], r["type"], r["points"], r["owed"],
+            r["reversed"], r["counter_account"], r["occurred_at"], r["lot_id"]) for r in rows}
+        for r in await self.conn.fetch(
+                "SELECT m.command_id, m.lot_id, m.points, l.program_id, l.member_id, l.points"
+                " AS lot_points, l.remaining, l.earned_at, l.expires_at, l.command_id AS lot_cmd"
+                " FROM lot_moves m JOIN lots l USING (lot_id)"
+                " WHERE m.command_id = ANY($1::text[]) AND m.points > 0 ORDER BY m.seq",
+                list(movements)):
+            movements[r["command_id"]].lot_moves.append((r["lot_id"], r["points"]))
+            book = books.get((r["program_id"], r["member_id"]))
+            if book is not None and r["lot_id"] not in book.lots:
+                book.lots[r["lot_id"]] = Lot(r["lot_id"], r["lot_points"], r["remaining"],
+                                             r["earned_at"], r["expires_at"], r["lot_cmd"])
+        return movements
+
+    async def allocate_lot_ids(self, count: int) -> list[int]:
+        if count == 0:
+            return []
+        rows = await self.conn.fetch(
+            "SELECT nextval(pg_get_serial_sequence('lots', 'lot_id')) AS id"
+            " FROM generate_series(1, $1)", count)
+        return [r["id"] for r in rows]
+
+    async def due_holds(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        rows = await self.conn.fetch(
+            "SELECT DISTINCT program_id, member_id FROM holds"
+            " WHERE status = 'active' AND expires_at <= $1 LIMIT $2", now, limit)
+        return [(r["program_id"], r["member_id"]) for r in rows]
+
+    async def persist(self, changes: Changes) -> None:
+        c = self.conn
+        if changes.new_lots:
+            lots = [lot for _, lot in changes.new_lots]
+            await c.execute(
+                "INSERT INTO lots (lot_id, program_id, member_id, command_id, points, remaining,"
+                " earned_at, expires_at) OVERRIDING SYSTEM VALUE"
+                " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],"
+                " $5::bigint[], $6::bigint[], $7::timestamptz[], $8::timestamptz[])",
+                [lot.lot_id for lot in lots],
+                [b.program_id for b, _ in changes.new_lots],
+                [b.member_id for b, _ in changes.new_lots], [lot.command_id for lot in lots],
+                [lot.points for lot in lots], [lot.remaining for lot in lots],
+                [lot.earned_at for lot in lots], [lot.expires_at for lot in lots])
+        if changes.touched_lots:
+            lots = list(changes.touched_lots.values())
+            await c.execute(
+                "UPDATE lots SET remaining = t.remaining FROM unnest($1::bigint[], $2::bigint[])"
+                " AS t(lot_id, remaining) WHERE lots.lot_id = t.lot_id",
+                [lot.lot_id for lot in lots], [lot.remaining for lot in lots])
+        if changes.lot_moves:
+            await c.execute(
+                "INSERT INTO lot_moves (command_id, lot_id, points)"
+                " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])",
+                *map(list, zip(*changes.lot_moves, strict=True)))
+        if changes.entries:
+            e = changes.entries
+            await c.execute(
+                "INSERT INTO entries (program_id, account_id, command_id, type, points,"
+                " balance_after, reason, source_kind, source_id, occurred_at)"
+                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+                " $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[],"
+                " $10::timestamptz[])",
+                [x.program_id for x in e], [x.account_id for x in e],
+                [x.command_id for x in e], [x.type for x in e], [x.points for x in e],
+                [x.balance_after for x in e], [x.reason for x in e],
+                [x.source_kind for x in e], [x.source_id for x in e],
+                [x.occurred_at for x in e])
+        if changes.touched_holds:
+            holds = list(changes.touched_holds.values())
+            await c.execute(
+                "INSERT INTO holds (hold_id, program_id, member_id, points, status, expires_at,"
+                " created_at, settled_at, settled_by, reason, source_kind, source_id)"
+                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],"
+                " $5::text[], $6::timestamptz[], $7::timestamptz[], $8::timestamptz[],"
+                " $9::text[], $10::text[], $11::text[], $12::text[])"
+                " ON CONFLICT (hold_id) DO UPDATE SET status = EXCLUDED.status,"
+                " settled_at = EXCLUDED.settled_at, settled_by = EXCLUDED.settled_by",
+                [h.hold_id for _, h in holds], [b.program_id for b, _ in holds],
+                [b.member_id for b, _ in holds], [h.points for _, h in holds],
+                [h.status for _, h in holds], [h.expires_at for _, h in holds],
+                [h.created_at for _, h in holds], [h.settled_at for _, h in holds],
+                [h.settled_by for _, h in holds], [h.reason for _, h in holds],
+                [h.source_kind for _, h in holds], [h.source_id for _, h in holds])
+        if changes.new_movements:
+            m = changes.new_movements
+            await c.execute(
+                "INSERT INTO movements (command_id, program_id, member_id, type, points, owed,"
+                " reversed, counter_account, lot_id, occurred_at)"
+                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+                " $5::bigint[], $6::bigint[], $7::bigint[], $8::text[], $9::bigint[],"
+                " $10::timestamptz[])",
+                [x.command_id for x in m], [x.program_id for x in m],
+                [x.member_id for x in m], [x.type for x in m], [x.points for x in m],
+                [x.owed for x in m], [x.reversed for x in m], [x.counter_account for x in m],
+                [x.lot_id for x in m], [x.occurred_at for x in m])
+        if changes.reversed_movements:
+            await c.execute(
+                "UPDATE movements SET reversed = t.reversed"
+                " FROM unnest($1::text[], $2::bigint[]) AS t(command_id, reversed)"
+                " WHERE movements.command_id = t.command_id",
+                list(changes.reversed_movements), list(changes.reversed_movements.values()))
+        if changes.touched_books:
+            books = list(changes.touched_books.values())
+            await c.execute(
+                "UPDATE accounts SET balance = t.b, reserved = t.r, owed = t.o,"
+                " updated_at = now() FROM unnest($1::text[], $2::text[], $3::bigint[],"
+                " $4::bigint[], $5::bigint[]) AS t(p, m, b, r, o)"
+                " WHERE accounts.program_id = t.p AND accounts.account_id = t.m",
+                [b.program_id for b in books], [b.member_id for b in books],
+                [b.balance for b in books], [b.reserved for b in books],
+                [b.owed for b in books])
 
     async def save_identifiers(self, program_id: str, member_id: str,
                                identifiers: dict[str, str]) -> None:
@@ -83,6 +183,11 @@ class LedgerRepository:
             " SELECT $1, k, v, $2 FROM unnest($3::text[], $4::text[]) AS t(k, v)"
             " ON CONFLICT (program_id, kind, value) DO UPDATE SET member_id = EXCLUDED.member_id",
             program_id, member_id, list(identifiers), list(identifiers.values()))
+
+
+def _lot(r: asyncpg.Record) -> Lot:
+    return Lot(r["lot_id"], r["points"], r["remaining"], r["earned_at"], r["expires_at"],
+               r["command_id"])
 
 
 class LedgerQueries:

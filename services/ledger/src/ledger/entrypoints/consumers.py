@@ -2,41 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
-from pydantic import TypeAdapter, ValidationError
+import structlog
+from pydantic import TypeAdapter
 
 from ledger import handlers
 from ledger.adapters.postgres import LedgerRepository
 from loyalty import topics
 from loyalty.contracts import MemberEvent
-from loyalty.ledger_commands import Credit, Debit, LedgerCommand
-from loyalty.messaging import Envelope, Outbox, Rejected, validate
+from loyalty.ledger_commands import AnyCommand, LedgerCommand
+from loyalty.messaging import Envelope, Outbox, validate
 from loyalty.service import Runtime
 
-_commands: TypeAdapter[Credit | Debit] = TypeAdapter(LedgerCommand)
+log = structlog.get_logger(__name__)
+
+HOLD_SWEEP_INTERVAL_S = 1.0
+_commands: TypeAdapter[AnyCommand] = TypeAdapter(LedgerCommand)
 
 
-def decode_command(payload: dict[str, Any]) -> tuple[str, Credit | Debit]:
-    try:
-        command = _commands.validate_python(payload)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "command"
-        code = "missing_field" if first["type"] == "missing" else "invalid_command"
-        raise Rejected(code, f"{where}: {first['msg']}") from None
+def decode_command(payload: dict[str, Any]) -> tuple[str, AnyCommand]:
+    command = validate(_commands, payload)
     return command.command_id, command
-
-
-async def on_command(conn: asyncpg.Connection, env: Envelope[Credit | Debit],
-                     outbox: Outbox) -> None:
-    repo = LedgerRepository(conn)
-    command = env.message
-    if isinstance(command, Credit):
-        await handlers.credit(repo, command, outbox)
-    else:
-        await handlers.debit(repo, command, outbox)
 
 
 def decode_member(payload: dict[str, Any]) -> tuple[str, MemberEvent]:
@@ -51,5 +40,27 @@ async def on_member(conn: asyncpg.Connection, env: Envelope[MemberEvent], _: Out
 
 
 def wire(runtime: Runtime) -> None:
-    runtime.consume(topics.LEDGER_COMMANDS, decode_command, on_command)
+    async def on_commands(conn: asyncpg.Connection, envs: list[Envelope[AnyCommand]],
+                          outbox: Outbox) -> None:
+        await handlers.apply_commands(LedgerRepository(conn), [e.message for e in envs],
+                                      runtime.clock.now(), outbox)
+
+    async def sweep_holds() -> None:
+        while True:
+            try:
+                async with runtime.pool.acquire() as conn, conn.transaction():
+                    outbox = Outbox()
+                    released = await handlers.time_out_holds(
+                        LedgerRepository(conn), runtime.clock.now(), outbox)
+                    await outbox.flush(conn)
+                if released:
+                    runtime.relay.notify()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("holds.sweep_failed")
+            await asyncio.sleep(HOLD_SWEEP_INTERVAL_S)
+
+    runtime.consume(topics.LEDGER_COMMANDS, decode_command, handle_batch=on_commands)
     runtime.consume(topics.MEMBERS, decode_member, on_member)
+    runtime.background.append(sweep_holds)
