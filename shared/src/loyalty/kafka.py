@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
 
 import structlog
@@ -39,7 +40,9 @@ async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec] | None = None
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ADMIN_TIMEOUT_MS)
     await admin.start()
     try:
-        new = [NewTopic(s.name, s.partitions, 1,
+        # One node locally; on a real cluster set LOYALTY_TOPIC_REPLICATION (e.g. 3).
+        replication = int(os.environ.get("LOYALTY_TOPIC_REPLICATION", "1"))
+        new = [NewTopic(s.name, s.partitions, replication,
                         topic_configs={"cleanup.policy": "compact"} if s.compacted else {})
                for s in specs]
         response = await admin.create_topics(new)

@@ -25,10 +25,15 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field("INFO", validation_alias=_env("LOYALTY_LOG_LEVEL"))
     http_host: str = Field("127.0.0.1", validation_alias=_env("LOYALTY_HTTP_HOST"))
     # Limits, units last in names.
-    batch_size_max: int = Field(500, validation_alias=_env("LOYALTY_BATCH_SIZE_MAX"), ge=1, le=10_000)
+    batch_size_max: int = Field(500, validation_alias=_env("LOYALTY_BATCH_SIZE_MAX"), ge=1,
+                                le=10_000)
     batch_timeout_ms: int = Field(20, validation_alias=_env("LOYALTY_BATCH_TIMEOUT_MS"), ge=1)
     pool_size_max: int = Field(10, validation_alias=_env("LOYALTY_POOL_SIZE_MAX"), ge=2, le=100)
-    outbox_batch_size_max: int = Field(1000, ge=1, le=10_000)
-    outbox_poll_interval_ms: int = Field(50, ge=1)
-    retry_backoff_max_ms: int = Field(5_000, ge=10)
-    shutdown_drain_timeout_s: float = Field(30.0, ge=0)
+    outbox_batch_size_max: int = Field(
+        1000, validation_alias=_env("LOYALTY_OUTBOX_BATCH_SIZE_MAX"), ge=1, le=10_000)
+    outbox_poll_interval_ms: int = Field(
+        50, validation_alias=_env("LOYALTY_OUTBOX_POLL_INTERVAL_MS"), ge=1)
+    retry_backoff_max_ms: int = Field(
+        5_000, validation_alias=_env("LOYALTY_RETRY_BACKOFF_MAX_MS"), ge=10)
+    shutdown_drain_timeout_s: float = Field(
+        30.0, validation_alias=_env("LOYALTY_SHUTDOWN_DRAIN_TIMEOUT_S"), ge=0)
