@@ -17,14 +17,16 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
-from loyalty import kafka
+from loyalty import db, kafka
 from loyalty.cli import DEMO_PROGRAMS, publish_programs, wait_programs_applied
 from loyalty.infra import Infrastructure, start_infrastructure
 from loyalty.platform import Platform
@@ -162,3 +164,22 @@ class Api:
                 return body
             await asyncio.sleep(0.05)
         raise AssertionError(f"GET {path}: condition not met in {timeout_s}s; last {last}")
+
+
+async def scratch_service_db(admin_dsn: str, service: str, migrations_dir: Path
+                             ) -> tuple[str, asyncpg.Pool]:
+    """A new database holding one service's schema, migrated as the service migrates it.
+
+    Returns the new database's admin DSN and a pool connected as the service's own role."""
+    name = f"scratch_{service}_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    parts = urlsplit(admin_dsn)
+    scratch_admin = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+    dsn = await db.provision_service(scratch_admin, service)
+    pool = await db.create_pool(dsn, schema=service)
+    await db.apply_migrations(pool, service, migrations_dir)
+    return scratch_admin, pool

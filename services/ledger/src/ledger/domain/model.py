@@ -159,6 +159,7 @@ class Ledger:
         else:
             assert isinstance(command, Reverse)
             self._reverse(book, command, movements)
+        self._touch(book)  # owed alone may have changed
 
     def time_out_holds(self, book: Book, now: datetime) -> None:
         for hold in list(book.holds.values()):
