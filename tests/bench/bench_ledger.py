@@ -1,0 +1,138 @@
+"""Benchmark: commands per second applied by ONE ledger process, and command-to-event latency.
+
+Starts its own embedded Postgres and Tansu broker (or uses LOYALTY_PG_DSN /
+LOYALTY_KAFKA_BOOTSTRAP) and one ledger process; publishes ledger commands straight to the
+internal command topic and reads the resulting events from loyalty.ledger.v1. Prints figures;
+asserts nothing (shared machines are noisy).
+
+    uv run python tests/bench/bench_ledger.py [--commands 50000] [--members 5000] [--rate 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import secrets
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from loyalty import topics
+from loyalty.infra import start_infrastructure
+from loyalty.platform import Platform
+
+NOW = "2026-10-20T10:15:00+00:00"
+
+
+def command(run: str, i: int, member: str, rng: random.Random) -> dict:
+    base = {"command_id": f"{run}-{i}", "program_id": "bench", "member_id": member,
+            "occurred_at": NOW, "reason": "bench", "source": {"kind": "purchase", "id": f"o{i}"}}
+    if rng.random() < 0.8:
+        return base | {"type": "credit", "points": rng.randint(1, 500),
+                       "expires_at": rng.choice([None, "2027-03-31T21:59:59+00:00",
+                                                 "2027-06-30T20:59:59+00:00"])}
+    return base | {"type": "debit", "points": rng.randint(1, 100), "allow_owed": False}
+
+
+async def _events(bootstrap: str) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(topics.LEDGER, bootstrap_servers=bootstrap,
+                                auto_offset_reset="latest", enable_auto_commit=False)
+    await consumer.start()
+    await consumer.seek_to_end()
+    for tp in consumer.assignment():
+        await consumer.position(tp)
+    return consumer
+
+
+async def throughput(bootstrap: str, n: int, members: int) -> None:
+    run, rng = uuid.uuid4().hex[:8], random.Random(1)
+    names = [f"bm-{run}-{i}" for i in range(members)]
+    events = await _events(bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10,
+                                max_batch_size=1 << 20)
+    await producer.start()
+    started = time.perf_counter()
+    futures = []
+    for i in range(n):
+        c = command(run, i, names[i % members], rng)
+        futures.append(await producer.send(topics.LEDGER_COMMANDS, json.dumps(c).encode(),
+                                           key=c["member_id"].encode()))
+    await asyncio.gather(*futures)
+    published = time.perf_counter() - started
+    seen = 0
+    marker = f'"command_id":"{run}-'.encode()
+    while seen < n:
+        for records in (await events.getmany(timeout_ms=500, max_records=10_000)).values():
+            seen += sum(1 for r in records if marker in r.value)
+    elapsed = time.perf_counter() - started
+    print(f"throughput: {n:,} commands (80% credits, 20% debits) over {members:,} members")
+    print(f"  published in {published:.2f}s; all applied and their events published after "
+          f"{elapsed:.2f}s: {n / elapsed:,.0f} commands/s")
+    await events.stop()
+    await producer.stop()
+
+
+async def latency(bootstrap: str, n: int, rate: float) -> None:
+    run, rng = uuid.uuid4().hex[:8], random.Random(2)
+    events = await _events(bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    sent: dict[str, float] = {}
+    took: list[float] = []
+
+    async def receive() -> None:
+        while len(took) < n:
+            for records in (await events.getmany(timeout_ms=200)).values():
+                for r in records:
+                    cid = json.loads(r.value).get("command_id")
+                    if cid in sent:
+                        took.append((time.perf_counter() - sent.pop(cid)) * 1000)
+
+    receiver = asyncio.create_task(receive())
+    for i in range(n):
+        c = command(run, i, f"lm-{run}-{i % 200}", rng) | {"type": "credit", "points": 10,
+                                                           "expires_at": None}
+        c.pop("allow_owed", None)
+        sent[c["command_id"]] = time.perf_counter()
+        await producer.send(topics.LEDGER_COMMANDS, json.dumps(c).encode(),
+                            key=c["member_id"].encode())
+        await asyncio.sleep(1 / rate)
+    await asyncio.wait_for(receiver, 60)
+    took.sort()
+    print(f"latency at {rate:.0f} commands/s ({n} commands): command published -> event on "
+          f"loyalty.ledger.v1 p50 {statistics.median(took):.0f} ms, "
+          f"p99 {took[int(n * 0.99) - 1]:.0f} ms")
+    await events.stop()
+    await producer.stop()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--commands", type=int, default=50_000)
+    parser.add_argument("--members", type=int, default=5_000)
+    parser.add_argument("--rate", type=float, default=500)
+    parser.add_argument("--latency-samples", type=int, default=2_000)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="loyalty-bench-"))
+    infra = start_infrastructure(tmp)
+    platform = Platform(infra.pg_dsn, infra.kafka_bootstrap, secrets.token_urlsafe(8), tmp,
+                        fixed_ports=False)
+    try:
+        await platform.prepare()
+        platform.start("ledger")
+        await platform.wait_ready("ledger")
+        await latency(infra.kafka_bootstrap, args.latency_samples, args.rate)
+        await throughput(infra.kafka_bootstrap, args.commands, args.members)
+    finally:
+        platform.stop()
+        infra.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
