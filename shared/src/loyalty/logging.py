@@ -50,6 +50,16 @@ def _mask_processor(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, An
     return {k: _mask_value(k, v) for k, v in event_dict.items()}
 
 
+class _CurrentStderr:
+    """Whatever `sys.stderr` is at write time (test runners swap it), not at configure time."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(service: str, level: str = "INFO") -> None:
     """JSON lines on stderr; the standard library's loggers (aiokafka, asyncpg) go there too."""
     level_no = logging.getLevelName(level.upper())
@@ -65,12 +75,12 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         processors=[*shared, structlog.processors.format_exc_info,
                     structlog.processors.JSONRenderer()],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_CurrentStderr())
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processor=structlog.processors.JSONRenderer(), foreign_pre_chain=shared))
     root = logging.getLogger()

@@ -30,8 +30,14 @@ def test_ids_and_amounts_are_left_alone(text: str) -> None:
     assert mask_pii(text) == text
 
 
-def test_log_lines_are_json_with_correlation_and_no_secrets(capsys) -> None:
+@pytest.fixture
+def json_logs():
     configure_logging("probe", "INFO")
+    yield
+    structlog.reset_defaults()
+
+
+def test_log_lines_are_json_with_correlation_and_no_secrets(json_logs, capsys) -> None:
     log = structlog.get_logger("probe")
     with correlation("corr-1"):
         log.info("reward.delivered", to="+37060000001", code="GIFT-ABCD-1234",
