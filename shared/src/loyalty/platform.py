@@ -115,6 +115,26 @@ class Platform:
                     f"LOYALTY_{name.upper()}_HTTP_PORT")
         return port
 
+    def add_replica(self, name: str) -> str:
+        """Another process of a prepared service (same group, own port); returns its key."""
+        base = self.services[name]
+        key = f"{name}#{sum(1 for s in self.services.values() if s.name == name) + 1}"
+        port = free_port()
+        env = {**base.env, f"LOYALTY_{name.upper()}_HTTP_PORT": str(port)}
+        self.services[key] = ServiceProcess(name, port, env,
+                                            self.data_dir / "logs" / f"{key}.log")
+        return key
+
+    async def consumed(self, key: str, topic: str) -> float:
+        """Records a running service process took from `topic` (its metrics)."""
+        async with aiohttp.ClientSession() as http, \
+                http.get(self.services[key].url + "/metrics") as resp:
+            text = await resp.text()
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   if family.name == "loyalty_messages_consumed"
+                   for sample in family.samples
+                   if sample.labels.get("topic") == topic and sample.name.endswith("_total"))
+
     def start(self, *names: str) -> None:
         for name in names or tuple(self.services):
             self.services[name].start()
