@@ -73,7 +73,7 @@ async def test_a_batch_applies_once_and_dead_letters_only_the_bad_records(pool) 
             for r in rows if r["topic"] == "probe.v1.dlq"]
     assert dead == [("malformed_json", 1), ("negative_amount", 2), ("missing_field", 3),
                     ("id_conflict", 5)]
-    assert [r["value"] for r in rows if r["topic"] == "probe.v1.dlq"][0] == b"{not json"
+    assert next(r["value"] for r in rows if r["topic"] == "probe.v1.dlq") == b"{not json"
     assert [json.loads(r["value"]) for r in rows if r["topic"] == "probe.out.v1"] == [
         {"applied": "a"}, {"applied": "c"}]
 
