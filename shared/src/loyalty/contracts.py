@@ -155,10 +155,12 @@ class LedgerEvent(_Message):
 
 
 class MemberEvent(_Message):
-    """`loyalty.members.v1`: `member.enrolled` and `member.identifier_linked`."""
+    """`loyalty.members.v1`: `member.enrolled`, `member.identifier_linked`, and
+    `member.tier_changed` (an addition to CONTRACT.md: with `tier`, `previous_tier` and
+    `points_last_12_months`; `identifiers` is empty)."""
 
     event_id: Id
-    type: Literal["member.enrolled", "member.identifier_linked"]
+    type: Literal["member.enrolled", "member.identifier_linked", "member.tier_changed"]
     occurred_at: Timestamp
     program_id: Id
     member_id: Id

@@ -24,7 +24,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from loyalty import db, kafka
 from loyalty.cli import DEMO_PROGRAMS, publish_programs, wait_programs_applied
@@ -123,6 +123,27 @@ class Kafka:
         finally:
             await consumer.stop()
         return found
+
+
+    async def read_all(self, topic: str) -> list[ConsumerRecord]:
+        """Every record now in `topic`, all partitions, up to their current end."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            await consumer.topics()  # fetches the cluster's metadata
+            partitions = [TopicPartition(topic, p)
+                          for p in consumer.partitions_for_topic(topic) or ()]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            ends = await consumer.end_offsets(partitions)
+            found: list[ConsumerRecord] = []
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    found.extend(records)
+            return found
+        finally:
+            await consumer.stop()
 
 
 @pytest_asyncio.fixture(scope="session")

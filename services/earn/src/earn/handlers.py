@@ -8,19 +8,19 @@ Credits confirmed by the ledger become `points_earned` notifications.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
 from earn.adapters.postgres import EarnRepository, Member
-from earn.domain.rules import Line, Purchase, compute_points
+from earn.domain.rules import Line, Purchase, activity_points, compute_points, return_points
 from loyalty import metrics, topics
 from loyalty.clock import Clock, IdProvider, stable_id
-from loyalty.contracts import LedgerEvent, PurchaseEvent
+from loyalty.contracts import ActivityEvent, AdjustmentEvent, LedgerEvent, PurchaseEvent
 from loyalty.expiry import expires_at_for
 from loyalty.identifiers import Identifiers, InvalidIdentifier, normalise_customer
-from loyalty.ledger_commands import Credit
+from loyalty.ledger_commands import Credit, Debit, Reverse
 from loyalty.messaging import Outbox, Rejected
 from loyalty.notifications import build_notification, choose_channel
 from loyalty.programs import ProgramDefinition
@@ -28,8 +28,14 @@ from loyalty.programs import ProgramDefinition
 log = structlog.get_logger(__name__)
 
 TIER_WINDOW = timedelta(days=365)
-NOTIFY_TEMPLATES = {"purchase": "points_earned", "activity": "points_earned",
-                    "adjustment": "points_adjusted", "return": "points_returned"}
+# Which confirmed ledger movements earn tells the member about, and with which template.
+NOTIFY_TEMPLATES = {
+    ("purchase", "points.credited"): "points_earned",
+    ("activity", "points.credited"): "points_earned",
+    ("return", "points.debited"): "points_returned",
+    ("adjustment", "points.credited"): "points_adjusted",
+    ("adjustment", "points.debited"): "points_adjusted",
+}
 
 
 @dataclass(frozen=True)
@@ -137,17 +143,128 @@ async def purchase_completed(repo: EarnRepository, deps: Deps, event: PurchaseEv
                        f"order {event.order_id} was already recorded by event {clash}")
     if earning.points <= 0:
         return
+    _credit(outbox, program, member.member_id, f"purchase:{event.event_id}", earning.points,
+            earning.reason, "purchase", event.order_id, event.occurred_at)
+    await _update_tier(repo, program, member.member_id, recent + earning.points,
+                       event.occurred_at, outbox)
+
+
+def _credit(outbox: Outbox, program: ProgramDefinition, member_id: str, command_id: str,
+            points: int, reason: str, kind: str, source_id: str, occurred_at: datetime) -> None:
+    """Ask the ledger for a credit, expiring as the program's policy says."""
     credit = Credit(
-        command_id=f"purchase:{event.event_id}", program_id=program.id,
-        member_id=member.member_id, occurred_at=event.occurred_at,
-        points=earning.points, reason=earning.reason,
-        source={"kind": "purchase", "id": event.order_id},
-        expires_at=expires_at_for(program.expiry, program.time_zone, event.occurred_at))
-    outbox.add(topics.LEDGER_COMMANDS, member.member_id, credit.model_dump(mode="json"))
-    metrics.BUSINESS_EVENTS.labels("earn", "points_awarded").inc()
+        command_id=command_id, program_id=program.id, member_id=member_id,
+        occurred_at=occurred_at, points=points, reason=reason,
+        source={"kind": kind, "id": source_id},
+        expires_at=expires_at_for(program.expiry, program.time_zone, occurred_at))
+    outbox.add(topics.LEDGER_COMMANDS, member_id, credit.model_dump(mode="json"))
+    metrics.BUSINESS_EVENTS.labels("earn", f"points_awarded_{kind}").inc()
 
 
-async def _skip(repo: EarnRepository, event: PurchaseEvent, code: str, reason: str) -> None:
+async def _update_tier(repo: EarnRepository, program: ProgramDefinition, member_id: str,
+                       points_last_12_months: int, at: datetime, outbox: Outbox) -> None:
+    """Publish `member.tier_changed` when the points of the last 12 months cross a tier."""
+    tier = program.tier_for(points_last_12_months)
+    previous = await repo.set_tier(member_id, tier.id) or program.tiers[0].id
+    if previous == tier.id:
+        return
+    outbox.add(topics.MEMBERS, member_id, {
+        "event_id": stable_id("member.tier_changed", program.id, member_id, previous, tier.id,
+                              at.isoformat()),
+        "type": "member.tier_changed", "occurred_at": at.isoformat(),
+        "program_id": program.id, "member_id": member_id, "identifiers": {},
+        "tier": tier.id, "previous_tier": previous,
+        "points_last_12_months": points_last_12_months,
+    })
+    metrics.BUSINESS_EVENTS.labels("earn", "tier_changed").inc()
+
+
+async def purchase_returned(repo: EarnRepository, event: PurchaseEvent, outbox: Outbox) -> None:
+    """Take back what the order earned, pro rata to the returned amount, under the rules the
+    order was earned with (its stored points); several partial returns never exceed it."""
+    await _program(repo, event.program_id)
+    order = await repo.order_for_update(event.program_id, event.order_id)
+    if order is None:
+        raise Rejected("unknown_order", f"order {event.order_id} was never recorded as a "
+                       f"purchase of program {event.program_id}")
+    if order.returned_amount + event.total > order.total:
+        raise Rejected("return_exceeds_purchase",
+                       f"returns of {order.returned_amount + event.total} exceed the order "
+                       f"total {order.total}")
+    points = return_points(order.points, order.total, order.returned_amount,
+                           order.points_reversed, event.total)
+    await repo.add_return(event_id=event.event_id, program_id=event.program_id,
+                          order_id=event.order_id, amount=event.total, points=points,
+                          occurred_at=event.occurred_at)
+    if points <= 0:
+        return
+    reverse = Reverse(
+        command_id=f"return:{event.event_id}", program_id=event.program_id,
+        member_id=order.member_id, occurred_at=event.occurred_at, points=points,
+        target_id=f"purchase:{order.event_id}",
+        reason=f"return of {event.total} {event.currency} of order {event.order_id}: "
+               f"{points} of {order.points} points",
+        source={"kind": "return", "id": event.order_id})
+    outbox.add(topics.LEDGER_COMMANDS, order.member_id, reverse.model_dump(mode="json"))
+    metrics.BUSINESS_EVENTS.labels("earn", "points_returned").inc()
+
+
+async def activity_completed(repo: EarnRepository, deps: Deps, event: ActivityEvent,
+                             outbox: Outbox) -> None:
+    _, program = await _program(repo, event.program_id)
+    points = activity_points(program, event.activity)
+    if points is None:
+        raise Rejected("unknown_activity",
+                       f"program {program.id} awards nothing for {event.activity!r}")
+    identifiers = _identifiers(event.customer)
+    if not program.is_earning_open(event.occurred_at):
+        await _skip(repo, event, "earning_closed", "the program no longer awards points")
+        return
+    member = await identify(repo, deps, program, identifiers, event.locale, event.occurred_at,
+                            outbox)
+    if member is None:
+        await _skip(repo, event, "enrolment_closed", "the program no longer enrols members")
+        return
+    reason = f"{event.activity}: {points} points"
+    await repo.add_award(event_id=event.event_id, program_id=program.id,
+                         member_id=member.member_id, kind="activity", points=points,
+                         reason=reason, occurred_at=event.occurred_at)
+    if points:
+        _credit(outbox, program, member.member_id, f"activity:{event.event_id}", points, reason,
+                "activity", event.event_id, event.occurred_at)
+        recent = await repo.points_earned_since(member.member_id,
+                                                event.occurred_at - TIER_WINDOW)
+        await _update_tier(repo, program, member.member_id, recent, event.occurred_at, outbox)
+
+
+async def points_adjusted(repo: EarnRepository, deps: Deps, event: AdjustmentEvent,
+                          outbox: Outbox) -> None:
+    """Support staff fixing a balance: a credit or a debit with the reason and the actor."""
+    _, program = await _program(repo, event.program_id)
+    if event.points == 0:
+        raise Rejected("invalid_field", "points: an adjustment of 0 points changes nothing")
+    identifiers = _identifiers(event.customer)
+    member = await identify(repo, deps, program, identifiers, None, event.occurred_at, outbox)
+    if member is None:
+        raise Rejected("unknown_member", "no such member, and the program no longer enrols")
+    reason = f"{event.reason} (by {event.actor})"
+    await repo.add_award(event_id=event.event_id, program_id=program.id,
+                         member_id=member.member_id, kind="adjustment", points=event.points,
+                         reason=reason, occurred_at=event.occurred_at)
+    if event.points > 0:
+        _credit(outbox, program, member.member_id, f"adjustment:{event.event_id}", event.points,
+                reason, "adjustment", event.event_id, event.occurred_at)
+        return
+    debit = Debit(command_id=f"adjustment:{event.event_id}", program_id=program.id,
+                  member_id=member.member_id, occurred_at=event.occurred_at,
+                  points=-event.points, allow_owed=True, reason=reason,
+                  source={"kind": "adjustment", "id": event.event_id})
+    outbox.add(topics.LEDGER_COMMANDS, member.member_id, debit.model_dump(mode="json"))
+    metrics.BUSINESS_EVENTS.labels("earn", "points_adjusted_down").inc()
+
+
+async def _skip(repo: EarnRepository, event: PurchaseEvent | ActivityEvent, code: str,
+                reason: str) -> None:
     await repo.skip(event_id=event.event_id, program_id=event.program_id, reason_code=code,
                     reason=reason, occurred_at=event.occurred_at)
     metrics.BUSINESS_EVENTS.labels("earn", f"skipped_{code}").inc()
@@ -156,16 +273,12 @@ async def _skip(repo: EarnRepository, event: PurchaseEvent, code: str, reason: s
 
 async def notify_movement(repo: EarnRepository, event: LedgerEvent, outbox: Outbox) -> None:
     """A confirmed ledger movement of ours becomes a message on the member's channel."""
-    template = NOTIFY_TEMPLATES.get(event.source.kind)
-    if template is None or event.type not in ("points.credited", "points.debited"):
-        return
-    if event.source.kind != "return" and event.type != "points.credited":
+    template = NOTIFY_TEMPLATES.get((event.source.kind, event.type))
+    if template is None or event.points == 0:
         return
     member = await repo.member(event.member_id)
-    if member is None:
-        return
     found = await repo.current_program(event.program_id)
-    if found is None:
+    if member is None or found is None:
         return
     _, program = found
     route = choose_channel(member.preferred_channel, member.phone, member.email)

@@ -109,9 +109,46 @@ class EarnRepository:
             " WHERE member_id = $1", member_id, contact.get("phone"), contact.get("email"))
 
     async def points_earned_since(self, member_id: str, since: datetime) -> int:
+        """Points earned (purchases net of returns, activities, adjustments) since `since`."""
         return await self.conn.fetchval(
-            "SELECT coalesce(sum(points - points_reversed), 0) FROM orders"
-            " WHERE member_id = $1 AND occurred_at >= $2", member_id, since)
+            "SELECT coalesce((SELECT sum(points - points_reversed) FROM orders"
+            " WHERE member_id = $1 AND occurred_at >= $2), 0)"
+            " + coalesce((SELECT sum(points) FROM awards"
+            " WHERE member_id = $1 AND occurred_at >= $2), 0)", member_id, since)
+
+    async def set_tier(self, member_id: str, tier_id: str) -> str | None:
+        """Record the member's tier; return the previous one."""
+        old = await self.conn.fetchval(
+            "SELECT tier_id FROM members WHERE member_id = $1 FOR UPDATE", member_id)
+        if old != tier_id:
+            await self.conn.execute("UPDATE members SET tier_id = $2 WHERE member_id = $1",
+                                    member_id, tier_id)
+        return old
+
+    async def add_award(self, *, event_id: str, program_id: str, member_id: str, kind: str,
+                        points: int, reason: str, occurred_at: datetime) -> None:
+        await self.conn.execute(
+            "INSERT INTO awards (event_id, program_id, member_id, kind, points, reason,"
+            " occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            event_id, program_id, member_id, kind, points, reason, occurred_at)
+
+    async def order_for_update(self, program_id: str, order_id: str) -> Order | None:
+        row = await self.conn.fetchrow(
+            "SELECT member_id, event_id, program_version, total, points, returned_amount,"
+            " points_reversed FROM orders WHERE program_id = $1 AND order_id = $2 FOR UPDATE",
+            program_id, order_id)
+        return Order(**dict(row)) if row else None
+
+    async def add_return(self, *, event_id: str, program_id: str, order_id: str,
+                         amount: Decimal, points: int, occurred_at: datetime) -> None:
+        await self.conn.execute(
+            "INSERT INTO returns (event_id, program_id, order_id, amount, points, occurred_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            event_id, program_id, order_id, amount, points, occurred_at)
+        await self.conn.execute(
+            "UPDATE orders SET returned_amount = returned_amount + $3,"
+            " points_reversed = points_reversed + $4 WHERE program_id = $1 AND order_id = $2",
+            program_id, order_id, amount, points)
 
     # Orders
     async def add_order(self, *, program_id: str, order_id: str, event_id: str, member_id: str,
@@ -143,6 +180,40 @@ class EarnRepository:
 class EarnQueries:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+
+    async def outcome(self, program_id: str, event_id: str) -> dict[str, Any] | None:
+        """What earn did with an input event, and why (support: "where are my points?")."""
+        row = await self.pool.fetchrow(
+            "SELECT order_id, member_id, program_version, points, breakdown, returned_amount,"
+            " points_reversed FROM orders WHERE program_id = $1 AND event_id = $2",
+            program_id, event_id)
+        if row is not None:
+            return {"event_id": event_id, "status": "credited" if row["points"] else "no_points",
+                    "order_id": row["order_id"], "member_id": row["member_id"],
+                    "program_version": row["program_version"], "points": row["points"],
+                    "breakdown": row["breakdown"],
+                    "returned_amount": str(row["returned_amount"]),
+                    "points_reversed": row["points_reversed"]}
+        row = await self.pool.fetchrow(
+            "SELECT order_id, points, amount FROM returns WHERE program_id = $1"
+            " AND event_id = $2", program_id, event_id)
+        if row is not None:
+            return {"event_id": event_id, "status": "returned", "order_id": row["order_id"],
+                    "amount": str(row["amount"]), "points_reversed": row["points"]}
+        row = await self.pool.fetchrow(
+            "SELECT member_id, kind, points, reason FROM awards WHERE program_id = $1"
+            " AND event_id = $2", program_id, event_id)
+        if row is not None:
+            return {"event_id": event_id, "status": "credited" if row["points"] > 0
+                    else "debited", "member_id": row["member_id"], "kind": row["kind"],
+                    "points": row["points"], "reason": row["reason"]}
+        row = await self.pool.fetchrow(
+            "SELECT reason_code, reason FROM skipped WHERE program_id = $1 AND event_id = $2",
+            program_id, event_id)
+        if row is not None:
+            return {"event_id": event_id, "status": "skipped", "reason_code": row["reason_code"],
+                    "reason": row["reason"]}
+        return None
 
     async def program(self, program_id: str) -> tuple[int, ProgramDefinition] | None:
         async with self.pool.acquire() as conn:

@@ -9,7 +9,7 @@ import asyncpg
 from earn import handlers
 from earn.adapters.postgres import EarnRepository
 from loyalty import topics
-from loyalty.contracts import LedgerEvent, PurchaseEvent
+from loyalty.contracts import ActivityEvent, AdjustmentEvent, LedgerEvent, PurchaseEvent
 from loyalty.messaging import Envelope, Outbox, Rejected, validate
 from loyalty.programs import ProgramDefinition, ProgramFileError
 from loyalty.service import Runtime
@@ -26,6 +26,16 @@ def decode_program(payload: dict[str, Any]) -> tuple[str, ProgramDefinition]:
 
 def decode_purchase(payload: dict[str, Any]) -> tuple[str, PurchaseEvent]:
     event = validate(PurchaseEvent, payload)
+    return event.event_id, event
+
+
+def decode_activity(payload: dict[str, Any]) -> tuple[str, ActivityEvent]:
+    event = validate(ActivityEvent, payload)
+    return event.event_id, event
+
+
+def decode_adjustment(payload: dict[str, Any]) -> tuple[str, AdjustmentEvent]:
+    event = validate(AdjustmentEvent, payload)
     return event.event_id, event
 
 
@@ -47,7 +57,15 @@ def wire(runtime: Runtime) -> None:
         if event.type == "purchase.completed":
             await handlers.purchase_completed(EarnRepository(conn), deps, event, outbox)
         else:
-            raise Rejected("unsupported_type", f"{event.type} is not handled yet")
+            await handlers.purchase_returned(EarnRepository(conn), event, outbox)
+
+    async def on_activity(conn: asyncpg.Connection, env: Envelope[ActivityEvent],
+                          outbox: Outbox) -> None:
+        await handlers.activity_completed(EarnRepository(conn), deps, env.message, outbox)
+
+    async def on_adjustment(conn: asyncpg.Connection, env: Envelope[AdjustmentEvent],
+                            outbox: Outbox) -> None:
+        await handlers.points_adjusted(EarnRepository(conn), deps, env.message, outbox)
 
     async def on_ledger_event(conn: asyncpg.Connection, env: Envelope[LedgerEvent],
                               outbox: Outbox) -> None:
@@ -56,4 +74,6 @@ def wire(runtime: Runtime) -> None:
     # Programs: the latest definition per key wins; applying one twice changes nothing.
     runtime.consume(topics.PROGRAMS, decode_program, on_program, use_inbox=False)
     runtime.consume(topics.PURCHASES, decode_purchase, on_purchase)
+    runtime.consume(topics.ACTIVITIES, decode_activity, on_activity)
+    runtime.consume(topics.ADJUSTMENTS, decode_adjustment, on_adjustment)
     runtime.consume(topics.LEDGER, decode_ledger_event, on_ledger_event)

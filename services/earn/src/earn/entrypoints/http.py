@@ -27,4 +27,15 @@ def add_routes(app: web.Application, queries: EarnQueries, clock: Clock) -> None
             status = "active"
         return json_response({"program_id": program_id, "version": version, "status": status})
 
+    async def outcome(request: web.Request) -> web.Response:
+        program_id, event_id = request.match_info["program_id"], request.match_info["event_id"]
+        found = await queries.outcome(program_id, event_id)
+        if found is None:
+            raise HttpError(404, "event_not_found",
+                            f"earn has not processed event {event_id!r} of {program_id!r} "
+                            "(not yet, or it was dead-lettered)")
+        return json_response(found)
+
     app.router.add_get("/v1/programs/{program_id}", program)
+    # An addition to CONTRACT.md: what earn did with an input event and why (support staff).
+    app.router.add_get("/v1/programs/{program_id}/events/{event_id}", outcome)
