@@ -277,3 +277,44 @@ async def _conflicts(platform, api_token) -> float:
         if line.startswith("loyalty_business_events_total") and "identifier_conflict" in line:
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+async def test_a_return_uses_the_rules_of_its_purchase_not_todays(
+        platform, infra, api_token, kafka_client: Kafka, earn: Api, ledger: Api,
+        tmp_path: Path) -> None:
+    program_id = unique("rerated")
+    path = program_file(tmp_path, program_id, "{}")
+    assert apply(path, infra.kafka_bootstrap).returncode == 0
+    await wait_programs_applied(platform.services["earn"].url, api_token,
+                                load_programs_file(path))
+    phone = unique_phone()
+    bought = purchase({"phone": phone}, "10.00", program=program_id)
+    await send(kafka_client, topics.PURCHASES, bought)
+    member_path = f"/v1/programs/{program_id}/members/phone:{phone}"
+    await ledger.wait_until(member_path, lambda b: b["balance"] == 100)
+
+    path.write_text(path.read_text().replace("points_per_unit: 10", "points_per_unit: 20"))
+    assert apply(path, infra.kafka_bootstrap).returncode == 0
+    await earn.wait_until(f"/v1/programs/{program_id}", lambda b: b["version"] == 2)
+
+    half = purchase({"phone": phone}, "5.00", kind="returned", order_id=bought["order_id"],
+                    program=program_id)
+    await send(kafka_client, topics.PURCHASES, half)
+    await ledger.wait_until(member_path, lambda b: b["balance"] == 50)  # not 100 - 100
+    outcome = await earn.wait_until(f"/v1/programs/{program_id}/events/{bought['event_id']}",
+                                    lambda b: b["points_reversed"] == 50)
+    assert outcome["program_version"] == 1
+
+
+async def test_no_enrolment_after_enrolment_closes(
+        platform, infra, api_token, kafka_client: Kafka, earn: Api, tmp_path: Path) -> None:
+    program_id = unique("members-only")
+    path = program_file(tmp_path, program_id, "{enrolment_closes_at: '2026-10-01T00:00:00Z'}")
+    assert apply(path, infra.kafka_bootstrap).returncode == 0
+    await wait_programs_applied(platform.services["earn"].url, api_token,
+                                load_programs_file(path))
+    newcomer = purchase({"phone": unique_phone()}, "10.00", program=program_id)
+    await send(kafka_client, topics.PURCHASES, newcomer)
+    outcome = await earn.wait_until(f"/v1/programs/{program_id}/events/{newcomer['event_id']}",
+                                    lambda b: True)
+    assert (outcome["status"], outcome["reason_code"]) == ("skipped", "enrolment_closed")
