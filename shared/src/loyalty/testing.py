@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -187,11 +188,11 @@ class Api:
         raise AssertionError(f"GET {path}: condition not met in {timeout_s}s; last {last}")
 
 
+@asynccontextmanager
 async def scratch_service_db(admin_dsn: str, service: str, migrations_dir: Path
-                             ) -> tuple[str, asyncpg.Pool]:
-    """A new database holding one service's schema, migrated as the service migrates it.
-
-    Returns the new database's admin DSN and a pool connected as the service's own role."""
+                             ) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
+    """A new database holding one service's schema, migrated as the service migrates it;
+    dropped on exit. Yields the new database's admin DSN and a pool as the service's role."""
     name = f"scratch_{service}_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(admin_dsn)
     try:
@@ -200,7 +201,15 @@ async def scratch_service_db(admin_dsn: str, service: str, migrations_dir: Path
         await admin.close()
     parts = urlsplit(admin_dsn)
     scratch_admin = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-    dsn = await db.provision_service(scratch_admin, service)
-    pool = await db.create_pool(dsn, schema=service)
-    await db.apply_migrations(pool, service, migrations_dir)
-    return scratch_admin, pool
+    pool = await db.create_pool(await db.provision_service(scratch_admin, service),
+                                schema=service)
+    try:
+        await db.apply_migrations(pool, service, migrations_dir)
+        yield scratch_admin, pool
+    finally:
+        await pool.close()
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()

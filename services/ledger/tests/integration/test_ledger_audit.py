@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -23,7 +21,7 @@ import pytest_asyncio
 
 from ledger import audit as audit_module
 from ledger.audit import CHECKS, audit
-from loyalty import db
+from loyalty.testing import scratch_service_db
 
 pytestmark = pytest.mark.integration
 
@@ -79,11 +77,6 @@ DO $$ DECLARE c text; BEGIN
 END $$"""
 
 
-def _with_database(dsn: str, database: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
-
-
 class Scratch:
     def __init__(self, admin_dsn: str, pool: asyncpg.Pool) -> None:
         self.admin_dsn = admin_dsn  # superuser, on the scratch database
@@ -92,26 +85,9 @@ class Scratch:
 
 @pytest_asyncio.fixture(scope="module")
 async def scratch(infra) -> AsyncIterator[Scratch]:
-    name = f"audit_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(infra.pg_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    admin_dsn = _with_database(infra.pg_dsn, name)
-    pool = await db.create_pool(await db.provision_service(admin_dsn, "ledger"), size_max=2,
-                                schema="ledger")
-    try:
-        await db.apply_migrations(pool, "ledger", MIGRATIONS)
+    async with scratch_service_db(infra.pg_dsn, "ledger", MIGRATIONS) as (admin_dsn, pool):
         await pool.execute(SEED)
         yield Scratch(admin_dsn, pool)
-    finally:
-        await pool.close()
-        admin = await asyncpg.connect(infra.pg_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 async def violations_after(pool: asyncpg.Pool, *statements: str) -> list[str]:

@@ -61,48 +61,47 @@ def burst(program: str) -> list[dict]:
 async def test_two_ledgers_share_a_burst_and_agree_with_the_model(infra, tmp_path) -> None:
     broker = TansuBroker(tmp_path / "broker")
     broker.start()
-    scratch_admin, pool = await scratch_service_db(infra.pg_dsn, "ledger", MIGRATIONS)
-    platform = Platform(scratch_admin, broker.bootstrap, "burst-token", tmp_path,
-                        fixed_ports=False)
     client = Kafka(broker.bootstrap)
     await client.producer.start()
-    try:
-        await platform.prepare()
-        second = platform.add_replica("ledger")
-        platform.start("ledger", second)
-        await platform.wait_ready("ledger", second)
+    async with scratch_service_db(infra.pg_dsn, "ledger", MIGRATIONS) as (scratch_admin, pool):
+        platform = Platform(scratch_admin, broker.bootstrap, "burst-token", tmp_path,
+                            fixed_ports=False)
+        try:
+            await platform.prepare()
+            second = platform.add_replica("ledger")
+            platform.start("ledger", second)
+            await platform.wait_ready("ledger", second)
 
-        commands = burst("burst")
-        rng = random.Random(7)
-        copies = [rng.choice(commands) for _ in range(DUPLICATES)]
-        await client.publish_many(topics.LEDGER_COMMANDS,
-                                  [(c["member_id"], c) for c in commands + copies])
+            commands = burst("burst")
+            rng = random.Random(7)
+            copies = [rng.choice(commands) for _ in range(DUPLICATES)]
+            await client.publish_many(topics.LEDGER_COMMANDS,
+                                      [(c["member_id"], c) for c in commands + copies])
 
-        deadline = time.monotonic() + APPLY_TIMEOUT_S
-        while await pool.fetchval("SELECT count(*) FROM inbox WHERE topic = $1",
-                                  topics.LEDGER_COMMANDS) < COMMANDS:
-            assert time.monotonic() < deadline, "the burst was not applied in time"
-            await asyncio.sleep(0.2)
+            deadline = time.monotonic() + APPLY_TIMEOUT_S
+            while await pool.fetchval("SELECT count(*) FROM inbox WHERE topic = $1",
+                                      topics.LEDGER_COMMANDS) < COMMANDS:
+                assert time.monotonic() < deadline, "the burst was not applied in time"
+                await asyncio.sleep(0.2)
 
-        model = Model(sorted({c["member_id"] for c in commands}))
-        for c in commands:
-            model.apply(c, AT)
-        rows = await pool.fetch("SELECT account_id, balance, reserved, owed FROM accounts"
-                                " WHERE program_id = 'burst' AND kind = 'member'")
-        got = {r["account_id"]: (r["balance"], r["reserved"], r["owed"]) for r in rows}
-        assert got == {m: (ref.balance, ref.reserved, ref.owed)
-                       for m, ref in model.members.items()}
+            model = Model(sorted({c["member_id"] for c in commands}))
+            for c in commands:
+                model.apply(c, AT)
+            rows = await pool.fetch("SELECT account_id, balance, reserved, owed FROM accounts"
+                                    " WHERE program_id = 'burst' AND kind = 'member'")
+            got = {r["account_id"]: (r["balance"], r["reserved"], r["owed"]) for r in rows}
+            assert got == {m: (ref.balance, ref.reserved, ref.owed)
+                           for m, ref in model.members.items()}
 
-        audit = subprocess.run([sys.executable, "-m", "loyalty.cli", "audit"],
-                               env={**os.environ, "LOYALTY_PG_DSN": scratch_admin},
-                               capture_output=True, text=True, timeout=120)
-        assert audit.returncode == 0, audit.stdout + audit.stderr
-        assert "clean" in audit.stdout
-        # The group shared the partitions: both processes applied part of the burst.
-        for key in ("ledger", second):
-            assert await platform.consumed(key, topics.LEDGER_COMMANDS) > 0, key
-    finally:
-        await client.producer.stop()
-        platform.stop()
-        await pool.close()
-        broker.stop()
+            audit = subprocess.run([sys.executable, "-m", "loyalty.cli", "audit"],
+                                   env={**os.environ, "LOYALTY_PG_DSN": scratch_admin},
+                                   capture_output=True, text=True, timeout=120)
+            assert audit.returncode == 0, audit.stdout + audit.stderr
+            assert "clean" in audit.stdout
+            # The group shared the partitions: both processes applied part of the burst.
+            for key in ("ledger", second):
+                assert await platform.consumed(key, topics.LEDGER_COMMANDS) > 0, key
+        finally:
+            await client.producer.stop()
+            platform.stop()
+            broker.stop()

@@ -54,9 +54,8 @@ def record(payload: dict[str, Any], offset: int) -> ConsumerRecord:
 
 @pytest.fixture(scope="module")
 async def ledger_db(infra):
-    _, pool = await scratch_service_db(infra.pg_dsn, "ledger", MIGRATIONS)
-    yield pool
-    await pool.close()
+    async with scratch_service_db(infra.pg_dsn, "ledger", MIGRATIONS) as (_, pool):
+        yield pool
 
 
 # No shrinking: each example runs real transactions, and shrinking one took minutes; the
