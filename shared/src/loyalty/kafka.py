@@ -86,7 +86,8 @@ def subscribe_batch(broker: KafkaBroker, consumer: BatchConsumer, *, group_id: s
     )
     async def on_batch(message: KafkaMessage) -> None:
         raw = message.raw_message
-        records = raw if isinstance(raw, tuple) else (raw,)
+        # A tuple from the real broker, a list from TestKafkaBroker.
+        records = tuple(raw) if isinstance(raw, tuple | list) else (raw,)
         await consumer(records)
 
 
