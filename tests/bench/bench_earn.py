@@ -31,7 +31,8 @@ from loyalty.programs import load_programs_file
 async def run(bootstrap: str, n: int, members: int) -> None:
     tag = uuid.uuid4().hex[:8]
     commands = AIOKafkaConsumer(topics.LEDGER_COMMANDS, bootstrap_servers=bootstrap,
-                                auto_offset_reset="latest", enable_auto_commit=False)
+                                auto_offset_reset="latest", enable_auto_commit=False,
+                                fetch_max_wait_ms=10)  # measure the platform, not this reader
     await commands.start()
     await commands.seek_to_end()
     for tp in commands.assignment():

@@ -40,7 +40,8 @@ def purchase(run: str, i: int, phone: str) -> dict:
 
 async def _tail(bootstrap: str, topic: str) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest",
-                                enable_auto_commit=False)
+                                enable_auto_commit=False,
+                                fetch_max_wait_ms=10)  # measure the platform, not this reader
     await consumer.start()
     await consumer.seek_to_end()
     for tp in consumer.assignment():

@@ -42,7 +42,8 @@ def command(run: str, i: int, member: str, rng: random.Random) -> dict:
 
 async def _events(bootstrap: str) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(topics.LEDGER, bootstrap_servers=bootstrap,
-                                auto_offset_reset="latest", enable_auto_commit=False)
+                                auto_offset_reset="latest", enable_auto_commit=False,
+                                fetch_max_wait_ms=10)  # measure the platform, not this reader
     await consumer.start()
     await consumer.seek_to_end()
     for tp in consumer.assignment():

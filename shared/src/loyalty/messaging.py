@@ -1,9 +1,11 @@
 """Exactly-once in effect: the inbox, the outbox, dead letters and the batch pipeline.
 
-A consumed batch is applied in ONE Postgres transaction. Each record gets a savepoint:
-- its id goes into the inbox in the same transaction as its effects, so a redelivery finds the
-  id and does nothing (the same id with another payload is a conflict: dead-lettered);
-- the messages it emits are written to the outbox, never published directly;
+A consumed batch is applied in ONE Postgres transaction:
+- the records' ids go into the inbox (in bulk) in the same transaction as their effects, so a
+  redelivery finds its id and does nothing; the same id with another payload is a conflict
+  (dead-lettered);
+- each record is then handled in its own savepoint (or, set-based, the whole batch at once);
+  the messages a handler emits are written to the outbox, never published directly;
 - a `Rejected` (the sender's mistake) rolls back only that record's savepoint and writes a
   dead letter (through the outbox too, so it is published exactly when the batch commits).
 Anything else (our bug, an outage) rolls the whole batch back and retries it with backoff; the
@@ -203,45 +205,22 @@ class BatchConsumer(Generic[T]):
         self.on_commit()
 
     async def _apply(self, records: Sequence[ConsumerRecord]) -> _Outcome:
-        if self.handle_batch is not None:
-            return await self._apply_set_based(records)
         outcome = _Outcome()
         outbox = Outbox()
+        envelopes = self._decode_all(records, outbox, outcome)
         async with self.pool.acquire() as conn, conn.transaction():
-            for record in records:
-                cid = _header(record, "correlation_id")
-                with correlation(cid):
-                    await self._apply_one(conn, record, outbox, outcome)
+            if self.use_inbox:
+                envelopes = await self._first_deliveries(conn, envelopes, outbox, outcome)
+            if self.handle_batch is None:
+                await self._one_by_one(conn, envelopes, outbox, outcome, self._handle_one,
+                                       dead_letter=(Rejected,))
+            else:
+                await self._set_based(conn, envelopes, outbox, outcome)
             await outbox.flush(conn)
         return outcome
 
-    async def _apply_one(self, conn: asyncpg.Connection, record: ConsumerRecord,
-                         outbox: Outbox, outcome: _Outcome) -> None:
-        try:
-            payload = parse_json_object(record.value)
-            message_id, message = self.decode(payload)
-        except Rejected as rej:
-            self._reject(outbox, record, rej, outcome)
-            return
-        digest = payload_digest(payload)
-        with correlation(_header(record, "correlation_id") or message_id):
-            emitted = Outbox()
-            try:
-                async with conn.transaction():  # a savepoint: this record only
-                    if self.use_inbox and not await self._first_delivery(
-                            conn, message_id, digest, outcome):
-                        return
-                    assert self.handle is not None
-                    await self.handle(conn, Envelope(record, message, message_id, digest), emitted)
-            except Rejected as rej:
-                self._reject(outbox, record, rej, outcome)
-                return
-            outbox.rows.extend(emitted.rows)
-
-    async def _apply_set_based(self, records: Sequence[ConsumerRecord]) -> _Outcome:
-        assert self.handle_batch is not None
-        outcome = _Outcome()
-        outbox = Outbox()
+    def _decode_all(self, records: Sequence[ConsumerRecord], outbox: Outbox,
+                    outcome: _Outcome) -> list[Envelope[T]]:
         envelopes: list[Envelope[T]] = []
         for record in records:
             try:
@@ -251,32 +230,50 @@ class BatchConsumer(Generic[T]):
                 self._reject(outbox, record, rej, outcome)
                 continue
             envelopes.append(Envelope(record, message, message_id, payload_digest(payload)))
-        async with self.pool.acquire() as conn, conn.transaction():
-            fresh = await self._first_deliveries(conn, envelopes, outbox, outcome)
-            emitted = Outbox()
-            try:
-                async with conn.transaction():
-                    await self.handle_batch(conn, fresh, emitted)
-                outbox.rows.extend(emitted.rows)
-            except asyncpg.IntegrityConstraintViolationError:
-                log.exception("batch.constraint_violation", topic=self.topic,
-                              records=len(fresh))
-                await self._one_by_one(conn, fresh, outbox, outcome)
-            await outbox.flush(conn)
-        return outcome
+        return envelopes
+
+    async def _handle_one(self, conn: asyncpg.Connection, env: Envelope[T],
+                          emitted: Outbox) -> None:
+        assert self.handle is not None
+        await self.handle(conn, env, emitted)
+
+    async def _set_based(self, conn: asyncpg.Connection, envelopes: list[Envelope[T]],
+                         outbox: Outbox, outcome: _Outcome) -> None:
+        assert self.handle_batch is not None
+        emitted = Outbox()
+        try:
+            async with conn.transaction():
+                await self.handle_batch(conn, envelopes, emitted)
+        except asyncpg.IntegrityConstraintViolationError:
+            # A bug, not an outage: find the culprit one message at a time.
+            log.exception("batch.constraint_violation", topic=self.topic,
+                          records=len(envelopes))
+            handle_batch = self.handle_batch
+
+            async def alone(conn: asyncpg.Connection, env: Envelope[T], out: Outbox) -> None:
+                await handle_batch(conn, [env], out)
+
+            await self._one_by_one(
+                conn, envelopes, outbox, outcome, alone,
+                dead_letter=(Rejected, asyncpg.IntegrityConstraintViolationError))
+            return
+        outbox.rows.extend(emitted.rows)
 
     async def _one_by_one(self, conn: asyncpg.Connection, envelopes: list[Envelope[T]],
-                          outbox: Outbox, outcome: _Outcome) -> None:
-        assert self.handle_batch is not None
+                          outbox: Outbox, outcome: _Outcome, handle: Handler[T],
+                          dead_letter: tuple[type[Exception], ...]) -> None:
+        """Each message in a savepoint; `dead_letter` errors roll back only that message."""
         for env in envelopes:
             emitted = Outbox()
-            try:
-                async with conn.transaction():
-                    await self.handle_batch(conn, [env], emitted)
-            except asyncpg.IntegrityConstraintViolationError as exc:
-                self._reject(outbox, env.record, Rejected("constraint_violation", str(exc)),
-                             outcome)
-                continue
+            with correlation(_header(env.record, "correlation_id") or env.message_id):
+                try:
+                    async with conn.transaction():
+                        await handle(conn, env, emitted)
+                except dead_letter as exc:
+                    rej = exc if isinstance(exc, Rejected) else Rejected(
+                        "constraint_violation", str(exc))
+                    self._reject(outbox, env.record, rej, outcome)
+                    continue
             outbox.rows.extend(emitted.rows)
 
     async def _first_deliveries(self, conn: asyncpg.Connection, envelopes: list[Envelope[T]],
@@ -308,22 +305,6 @@ class BatchConsumer(Generic[T]):
                     "id_conflict", f"id {env.message_id!r} was seen before with a different "
                     "payload"), outcome)
         return fresh
-
-    async def _first_delivery(self, conn: asyncpg.Connection, message_id: str, digest: bytes,
-                              outcome: _Outcome) -> bool:
-        inserted = await conn.fetchval(
-            "INSERT INTO inbox (topic, message_id, digest) VALUES ($1, $2, $3)"
-            " ON CONFLICT DO NOTHING RETURNING true", self.topic, message_id, digest)
-        if inserted:
-            return True
-        seen = await conn.fetchval(
-            "SELECT digest FROM inbox WHERE topic = $1 AND message_id = $2",
-            self.topic, message_id)
-        if bytes(seen) != digest:
-            raise Rejected("id_conflict",
-                           f"id {message_id!r} was seen before with a different payload")
-        outcome.duplicates += 1
-        return False
 
     def _reject(self, outbox: Outbox, record: ConsumerRecord, rej: Rejected,
                 outcome: _Outcome) -> None:

@@ -74,7 +74,7 @@ async def identify(repo: EarnRepository, deps: Deps, program: ProgramDefinition,
     """
     wanted = identifiers.items()
     known = await repo.find_members(program.id, wanted)
-    owners = [known[i] for i in wanted if i in known]
+    owners = [known[i].member_id for i in wanted if i in known]
     now = deps.clock.now()
     if not owners:
         if not program.is_enrolment_open(occurred_at):
@@ -93,11 +93,12 @@ async def identify(repo: EarnRepository, deps: Deps, program: ProgramDefinition,
         metrics.BUSINESS_EVENTS.labels("earn", "identifier_conflict").inc()
         log.warning("member.identifier_conflict", program_id=program.id, chosen=member_id,
                     others=sorted(set(owners) - {member_id}))
+    member = next(known[i] for i in wanted if i in known)
     new = [i for i in wanted if i not in known]
     if new:
         await repo.link(program.id, member_id, new, now)
         _member_event(outbox, "member.identifier_linked", program.id, member_id, new, occurred_at)
-    return await repo.member(member_id)
+    return member
 
 
 def _member_event(outbox: Outbox, type_: str, program_id: str, member_id: str,
@@ -165,8 +166,9 @@ async def _update_tier(repo: EarnRepository, program: ProgramDefinition, member_
                        points_last_12_months: int, at: datetime, outbox: Outbox) -> None:
     """Publish `member.tier_changed` when the points of the last 12 months cross a tier."""
     tier = program.tier_for(points_last_12_months)
-    previous = await repo.set_tier(member_id, tier.id) or program.tiers[0].id
-    if previous == tier.id:
+    changed, previous = await repo.set_tier(member_id, tier.id)
+    previous = previous or program.tiers[0].id  # before the first earning: the base tier
+    if not changed or previous == tier.id:
         return
     outbox.add(topics.MEMBERS, member_id, {
         "event_id": stable_id("member.tier_changed", program.id, member_id, previous, tier.id,

@@ -76,13 +76,18 @@ class EarnRepository:
         return version
 
     # Members
-    async def find_members(self, program_id: str,
-                           identifiers: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    async def find_members(self, program_id: str, identifiers: list[tuple[str, str]]
+                           ) -> dict[tuple[str, str], Member]:
+        """The members these identifiers point at (one query, members included)."""
         rows = await self.conn.fetch(
-            "SELECT kind, value, member_id FROM identifiers WHERE program_id = $1"
-            " AND (kind, value) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
+            "SELECT i.kind, i.value, m.member_id, m.program_id, m.locale, m.preferred_channel,"
+            " m.phone, m.email FROM identifiers i JOIN members m USING (member_id)"
+            " WHERE i.program_id = $1"
+            " AND (i.kind, i.value) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
             program_id, [k for k, _ in identifiers], [v for _, v in identifiers])
-        return {(r["kind"], r["value"]): r["member_id"] for r in rows}
+        return {(r["kind"], r["value"]): Member(
+            r["member_id"], r["program_id"], r["locale"], r["preferred_channel"], r["phone"],
+            r["email"]) for r in rows}
 
     async def member(self, member_id: str) -> Member | None:
         row = await self.conn.fetchrow(
@@ -116,14 +121,14 @@ class EarnRepository:
             " + coalesce((SELECT sum(points) FROM awards"
             " WHERE member_id = $1 AND occurred_at >= $2), 0)", member_id, since)
 
-    async def set_tier(self, member_id: str, tier_id: str) -> str | None:
-        """Record the member's tier; return the previous one."""
-        old = await self.conn.fetchval(
-            "SELECT tier_id FROM members WHERE member_id = $1 FOR UPDATE", member_id)
-        if old != tier_id:
-            await self.conn.execute("UPDATE members SET tier_id = $2 WHERE member_id = $1",
-                                    member_id, tier_id)
-        return old
+    async def set_tier(self, member_id: str, tier_id: str) -> tuple[bool, str | None]:
+        """Record the member's tier: (changed, previous tier), in one statement."""
+        row = await self.conn.fetchrow(
+            "WITH old AS (SELECT tier_id FROM members WHERE member_id = $1)"
+            " UPDATE members m SET tier_id = $2 FROM old"
+            " WHERE m.member_id = $1 AND old.tier_id IS DISTINCT FROM $2"
+            " RETURNING old.tier_id", member_id, tier_id)
+        return (row is not None, row["tier_id"] if row else None)
 
     async def add_award(self, *, event_id: str, program_id: str, member_id: str, kind: str,
                         points: int, reason: str, occurred_at: datetime) -> None:
