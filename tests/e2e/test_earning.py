@@ -158,6 +158,10 @@ async def test_activities_and_adjustments_credit_with_a_reason(
         "program_id": PROGRAM, "customer": {"phone": phone}, "points": 150,
         "reason": "missing purchase A-0999", "actor": "agent-17"})
     member = await ledger.wait_until(path, lambda b: b["balance"] == 200)
+    [sms] = await kafka_client.wait_for(
+        topics.NOTIFICATIONS_SMS, lambda r: json.loads(r.value)["to"] == phone
+        and json.loads(r.value)["template"] == "points_adjusted")
+    assert "150" in json.loads(sms.value)["body"]
     _, page = await ledger.get(f"/v1/programs/{PROGRAM}/members/{member['member_id']}"
                                "/transactions")
     reasons = [item["reason"] for item in page["items"]]

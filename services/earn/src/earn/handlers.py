@@ -80,8 +80,10 @@ async def identify(repo: EarnRepository, deps: Deps, program: ProgramDefinition,
         if not program.is_enrolment_open(occurred_at):
             return None
         contact = dict(wanted)
+        # The channel the shopper first reached us through: the till's phone, or the e-mail.
+        channel = "sms" if "phone" in contact else "email" if "email" in contact else None
         member = Member(member_id=deps.ids.new_id(), program_id=program.id,
-                        locale=locale or program.default_locale, preferred_channel=None,
+                        locale=locale or program.default_locale, preferred_channel=channel,
                         phone=contact.get("phone"), email=contact.get("email"))
         await repo.add_member(member, occurred_at)
         await repo.link(program.id, member.member_id, wanted, now)
