@@ -15,7 +15,7 @@ import pytest
 from loyalty import topics
 from loyalty.cli import wait_programs_applied
 from loyalty.programs import load_programs_file
-from loyalty.testing import Api, Kafka, unique, unique_phone
+from loyalty.testing import Api, Kafka, purchase_event, unique, unique_phone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -23,26 +23,9 @@ PROGRAM = "coffee-club"
 OCTOBER = "2026-10-20T10:15:00+03:00"  # outside the demo's double-weekend campaign
 
 
-def purchase(customer: dict, total: str, *, channel: str = "pos", at: str = OCTOBER,
-             order_id: str | None = None, kind: str = "completed", program: str = PROGRAM,
-             category: str = "bakery") -> dict:
-    return {
-        "event_id": unique("ev"), "type": f"purchase.{kind}", "occurred_at": at,
-        "program_id": program, "order_id": order_id or unique("A"), "channel": channel,
-        "customer": customer, "currency": "EUR", "total": total,
-        "items": [{"sku": "CROISSANT", "category": category, "quantity": 1,
-                   "unit_price": total}],
-    }
-
-
-@pytest.fixture
-def ledger(platform, api_token) -> Api:
-    return Api(platform.services["ledger"].url, api_token)
-
-
-@pytest.fixture
-def earn(platform, api_token) -> Api:
-    return Api(platform.services["earn"].url, api_token)
+def purchase(customer: dict, total: str, *, at: str = OCTOBER, program: str = PROGRAM,
+             **fields: str) -> dict:
+    return purchase_event(customer, total, occurred_at=at, program_id=program, **fields)
 
 
 async def send(kafka_client: Kafka, topic: str, event: dict) -> None:

@@ -17,7 +17,7 @@ from decimal import Decimal
 import pytest
 
 from loyalty import topics
-from loyalty.testing import Api, Kafka, unique, unique_phone
+from loyalty.testing import Api, Kafka, purchase_event, unique_phone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -27,24 +27,11 @@ TOTALS = ("1.00", "2.50", "3.10", "4.00")
 
 
 def purchase(phone: str, total: str) -> dict:
-    """CONTRACT.md's purchase; bakery has no multiplier, so 10 points per EUR, floor."""
-    return {
-        "event_id": unique("pos"), "type": "purchase.completed", "occurred_at": OCCURRED_AT,
-        "program_id": PROGRAM, "order_id": unique("A"), "channel": "pos",
-        "store_id": "vilnius-01", "customer": {"phone": phone}, "currency": "EUR",
-        "total": total,
-        "items": [{"sku": "CROISSANT", "category": "bakery", "quantity": 1, "unit_price": total}],
-        "locale": "lt",
-    }
+    return purchase_event({"phone": phone}, total, occurred_at=OCCURRED_AT)
 
 
 def expected_points(total: str) -> int:
     return int(Decimal(total) * 10)
-
-
-@pytest.fixture
-def ledger(platform, api_token) -> Api:
-    return Api(platform.services["ledger"].url, api_token)
 
 
 async def member_with_purchases(kafka_client: Kafka, ledger: Api,

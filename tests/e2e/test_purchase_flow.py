@@ -15,34 +15,20 @@ import asyncpg
 import pytest
 
 from loyalty import topics
-from loyalty.testing import Api, Kafka, unique, unique_phone
+from loyalty.testing import Api, Kafka, purchase_event, unique, unique_phone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 PROGRAM = "coffee-club"
 
 
-def purchase(phone: str, total: str = "12.40", *, event_id: str | None = None,
-             order_id: str | None = None, program_id: str = PROGRAM) -> dict:
-    """The CONTRACT.md example, with fresh ids. Plain items (no category) earn the base rate."""
-    return {
-        "event_id": event_id or unique("pos"), "type": "purchase.completed",
-        "occurred_at": "2026-10-20T10:15:00+03:00", "program_id": program_id,
-        "order_id": order_id or unique("A"), "channel": "pos", "store_id": "vilnius-01",
-        "customer": {"phone": phone}, "currency": "EUR", "total": total,
-        "items": [{"sku": "CROISSANT", "category": "bakery", "quantity": 1, "unit_price": total}],
-        "locale": "lt",
-    }
+def purchase(phone: str, total: str = "12.40", **fields: str) -> dict:
+    return purchase_event({"phone": phone}, total, **fields)
 
 
 def expected_points(total: str) -> int:
     # coffee-club: 10 points per EUR, floor; bakery has no multiplier; member tier x1.
     return int(Decimal(total) * 10)
-
-
-@pytest.fixture
-def ledger(platform, api_token) -> Api:
-    return Api(platform.services["ledger"].url, api_token)
 
 
 async def balance_of(ledger: Api, phone: str) -> int | None:

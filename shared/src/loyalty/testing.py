@@ -213,3 +213,23 @@ async def scratch_service_db(admin_dsn: str, service: str, migrations_dir: Path
             await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+OUTSIDE_CAMPAIGNS = "2026-10-20T10:15:00+03:00"  # before the demo's double-weekend campaign
+
+
+def purchase_event(customer: dict[str, str], total: str, *, program_id: str = "coffee-club",
+                   kind: str = "completed", channel: str = "pos",
+                   occurred_at: str = OUTSIDE_CAMPAIGNS, order_id: str | None = None,
+                   event_id: str | None = None, category: str = "bakery") -> dict[str, Any]:
+    """CONTRACT.md's purchase (or return) with fresh ids: one line of `total` in `category`
+    (bakery has no multiplier in the demo programs: 10 points per EUR, floor)."""
+    return {
+        "event_id": event_id or unique("pos"), "type": f"purchase.{kind}",
+        "occurred_at": occurred_at, "program_id": program_id,
+        "order_id": order_id or unique("A"), "channel": channel, "store_id": "vilnius-01",
+        "customer": customer, "currency": "EUR", "total": total,
+        "items": [{"sku": "CROISSANT", "category": category, "quantity": 1,
+                   "unit_price": total}],
+        "locale": "lt",
+    }
