@@ -115,20 +115,29 @@ def _member_event(outbox: Outbox, type_: str, program_id: str, member_id: str,
     })
 
 
+async def _earning_member(repo: EarnRepository, deps: Deps, program: ProgramDefinition,
+                          event: PurchaseEvent | ActivityEvent, outbox: Outbox) -> Member | None:
+    """The member who earns from `event`, enrolled if new; None (recorded with the reason)
+    when the program no longer awards points or no longer enrols."""
+    identifiers = _identifiers(event.customer)
+    if not program.is_earning_open(event.occurred_at):
+        await _skip(repo, event, "earning_closed", "the program no longer awards points")
+        return None
+    member = await identify(repo, deps, program, identifiers, event.locale, event.occurred_at,
+                            outbox)
+    if member is None:
+        await _skip(repo, event, "enrolment_closed", "the program no longer enrols members")
+    return member
+
+
 async def purchase_completed(repo: EarnRepository, deps: Deps, event: PurchaseEvent,
                              outbox: Outbox) -> None:
     version, program = await _program(repo, event.program_id)
     if event.currency != program.currency:
         raise Rejected("currency_mismatch",
                        f"program {program.id} runs in {program.currency}, not {event.currency}")
-    identifiers = _identifiers(event.customer)
-    if not program.is_earning_open(event.occurred_at):
-        await _skip(repo, event, "earning_closed", "the program no longer awards points")
-        return
-    member = await identify(repo, deps, program, identifiers, event.locale, event.occurred_at,
-                            outbox)
+    member = await _earning_member(repo, deps, program, event, outbox)
     if member is None:
-        await _skip(repo, event, "enrolment_closed", "the program no longer enrols members")
         return
     recent = await repo.points_earned_since(member.member_id, event.occurred_at - TIER_WINDOW)
     purchase = Purchase(total=event.total, channel=event.channel, occurred_at=event.occurred_at,
@@ -220,14 +229,8 @@ async def activity_completed(repo: EarnRepository, deps: Deps, event: ActivityEv
     if points is None:
         raise Rejected("unknown_activity",
                        f"program {program.id} awards nothing for {event.activity!r}")
-    identifiers = _identifiers(event.customer)
-    if not program.is_earning_open(event.occurred_at):
-        await _skip(repo, event, "earning_closed", "the program no longer awards points")
-        return
-    member = await identify(repo, deps, program, identifiers, event.locale, event.occurred_at,
-                            outbox)
+    member = await _earning_member(repo, deps, program, event, outbox)
     if member is None:
-        await _skip(repo, event, "enrolment_closed", "the program no longer enrols members")
         return
     reason = f"{event.activity}: {points} points"
     await repo.add_award(event_id=event.event_id, program_id=program.id,

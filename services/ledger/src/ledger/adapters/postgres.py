@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
@@ -188,37 +187,3 @@ class LedgerRepository:
 def _lot(r: asyncpg.Record) -> Lot:
     return Lot(r["lot_id"], r["points"], r["remaining"], r["earned_at"], r["expires_at"],
                r["command_id"])
-
-
-class LedgerQueries:
-    """Reads for the HTTP routes (outside any command transaction)."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
-
-    async def resolve(self, program_id: str, kind: str, value: str) -> str | None:
-        return await self.pool.fetchval(
-            "SELECT member_id FROM identifiers WHERE program_id = $1 AND kind = $2 AND value = $3",
-            program_id, kind, value)
-
-    async def member(self, program_id: str, member_id: str) -> dict[str, Any] | None:
-        row = await self.pool.fetchrow(
-            "SELECT balance, reserved, owed FROM accounts"
-            " WHERE program_id = $1 AND account_id = $2 AND kind = 'member'",
-            program_id, member_id)
-        if row is None:
-            return None
-        expiring = await self.pool.fetch(
-            "SELECT sum(remaining) AS points, expires_at FROM lots"
-            " WHERE program_id = $1 AND member_id = $2 AND remaining > 0"
-            " AND expires_at IS NOT NULL GROUP BY expires_at ORDER BY expires_at",
-            program_id, member_id)
-        return {
-            "member_id": member_id,
-            "balance": row["balance"],
-            "reserved": row["reserved"],
-            "available": row["balance"] - row["reserved"],
-            "owed": row["owed"],
-            "expiring": [{"points": int(r["points"]), "expires_at": r["expires_at"].isoformat()}
-                         for r in expiring],
-        }
