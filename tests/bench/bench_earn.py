@@ -12,31 +12,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from bench_flow import purchase
+from common import own_platform, tail
 
 from loyalty import topics
-from loyalty.cli import DEMO_PROGRAMS, publish_programs, wait_programs_applied
-from loyalty.infra import start_infrastructure
-from loyalty.platform import Platform
-from loyalty.programs import load_programs_file
 
 
 async def run(bootstrap: str, n: int, members: int) -> None:
     tag = uuid.uuid4().hex[:8]
-    commands = AIOKafkaConsumer(topics.LEDGER_COMMANDS, bootstrap_servers=bootstrap,
-                                auto_offset_reset="latest", enable_auto_commit=False,
-                                fetch_max_wait_ms=10)  # measure the platform, not this reader
-    await commands.start()
-    await commands.seek_to_end()
-    for tp in commands.assignment():
-        await commands.position(tp)
+    commands = await tail(bootstrap, topics.LEDGER_COMMANDS)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     phones = [f"+3706{i:07d}" for i in range(members)]
@@ -64,21 +52,8 @@ async def main() -> None:
     parser.add_argument("--purchases", type=int, default=10_000)
     parser.add_argument("--members", type=int, default=2_000)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="loyalty-bench-"))
-    infra = start_infrastructure(tmp)
-    platform = Platform(infra.pg_dsn, infra.kafka_bootstrap, secrets.token_urlsafe(8), tmp,
-                        fixed_ports=False)
-    try:
-        await platform.prepare()
-        platform.start("earn")
-        await platform.wait_ready("earn")
-        programs = load_programs_file(DEMO_PROGRAMS)
-        await publish_programs(infra.kafka_bootstrap, programs)
-        await wait_programs_applied(platform.services["earn"].url, platform.api_token, programs)
-        await run(infra.kafka_bootstrap, args.purchases, args.members)
-    finally:
-        platform.stop()
-        infra.stop()
+    async with own_platform("earn") as bootstrap:
+        await run(bootstrap, args.purchases, args.members)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,14 @@ import asyncio
 import json
 import secrets
 import statistics
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from common import own_platform, tail
 
 from loyalty import topics
-from loyalty.cli import DEMO_PROGRAMS, publish_programs, wait_programs_applied
-from loyalty.infra import start_infrastructure
-from loyalty.platform import Platform
-from loyalty.programs import load_programs_file
 
 
 def purchase(run: str, i: int, phone: str) -> dict:
@@ -38,22 +34,11 @@ def purchase(run: str, i: int, phone: str) -> dict:
     }
 
 
-async def _tail(bootstrap: str, topic: str) -> AIOKafkaConsumer:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest",
-                                enable_auto_commit=False,
-                                fetch_max_wait_ms=10)  # measure the platform, not this reader
-    await consumer.start()
-    await consumer.seek_to_end()
-    for tp in consumer.assignment():
-        await consumer.position(tp)
-    return consumer
-
-
 async def throughput(bootstrap: str, n: int, members: int) -> None:
     run = uuid.uuid4().hex[:8]
     phones = [f"+3706{i:07d}" for i in range(members)]
-    credited = await _tail(bootstrap, topics.LEDGER)
-    sms = await _tail(bootstrap, topics.NOTIFICATIONS_SMS)
+    credited = await tail(bootstrap, topics.LEDGER)
+    sms = await tail(bootstrap, topics.NOTIFICATIONS_SMS)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     started = time.perf_counter()
@@ -85,7 +70,7 @@ async def throughput(bootstrap: str, n: int, members: int) -> None:
 
 async def latency(bootstrap: str, n: int, rate: float) -> None:
     run = uuid.uuid4().hex[:8]
-    sms = await _tail(bootstrap, topics.NOTIFICATIONS_SMS)
+    sms = await tail(bootstrap, topics.NOTIFICATIONS_SMS)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     sent: dict[str, float] = {}
@@ -126,31 +111,19 @@ async def main() -> None:
     args = parser.parse_args()
 
     runtime = Path(".loyalty/runtime.json")
-    infra = platform = None
     if runtime.exists():
         bootstrap = json.loads(runtime.read_text())["kafka_bootstrap"]
         print(f"using the running platform at {bootstrap}")
-    else:
-        tmp = Path(tempfile.mkdtemp(prefix="loyalty-bench-"))
-        infra = start_infrastructure(tmp)
-        bootstrap = infra.kafka_bootstrap
-        platform = Platform(infra.pg_dsn, bootstrap, secrets.token_urlsafe(8), tmp,
-                            fixed_ports=False)
-        await platform.prepare()
-        platform.start()
-        await platform.wait_ready()
-        programs = load_programs_file(DEMO_PROGRAMS)
-        await publish_programs(bootstrap, programs)
-        await wait_programs_applied(platform.services["earn"].url, platform.api_token, programs)
+        await _measure(bootstrap, args)
+        return
+    async with own_platform("earn", "ledger") as bootstrap:
         print(f"started a platform for the benchmark at {bootstrap}")
-    try:
-        await latency(bootstrap, args.latency_samples, args.rate)
-        await throughput(bootstrap, args.purchases, args.members)
-    finally:
-        if platform is not None:
-            platform.stop()
-        if infra is not None:
-            infra.stop()
+        await _measure(bootstrap, args)
+
+
+async def _measure(bootstrap: str, args: argparse.Namespace) -> None:
+    await latency(bootstrap, args.latency_samples, args.rate)
+    await throughput(bootstrap, args.purchases, args.members)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,14 @@ import argparse
 import asyncio
 import json
 import random
-import secrets
 import statistics
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
+from common import own_platform, tail
 
 from loyalty import topics
-from loyalty.infra import start_infrastructure
-from loyalty.platform import Platform
 
 NOW = "2026-10-20T10:15:00+00:00"
 
@@ -40,21 +36,10 @@ def command(run: str, i: int, member: str, rng: random.Random) -> dict:
     return base | {"type": "debit", "points": rng.randint(1, 100), "allow_owed": False}
 
 
-async def _events(bootstrap: str) -> AIOKafkaConsumer:
-    consumer = AIOKafkaConsumer(topics.LEDGER, bootstrap_servers=bootstrap,
-                                auto_offset_reset="latest", enable_auto_commit=False,
-                                fetch_max_wait_ms=10)  # measure the platform, not this reader
-    await consumer.start()
-    await consumer.seek_to_end()
-    for tp in consumer.assignment():
-        await consumer.position(tp)
-    return consumer
-
-
 async def throughput(bootstrap: str, n: int, members: int) -> None:
     run, rng = uuid.uuid4().hex[:8], random.Random(1)
     names = [f"bm-{run}-{i}" for i in range(members)]
-    events = await _events(bootstrap)
+    events = await tail(bootstrap, topics.LEDGER)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10,
                                 max_batch_size=1 << 20)
     await producer.start()
@@ -81,7 +66,7 @@ async def throughput(bootstrap: str, n: int, members: int) -> None:
 
 async def latency(bootstrap: str, n: int, rate: float) -> None:
     run, rng = uuid.uuid4().hex[:8], random.Random(2)
-    events = await _events(bootstrap)
+    events = await tail(bootstrap, topics.LEDGER)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     sent: dict[str, float] = {}
@@ -120,19 +105,9 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=500)
     parser.add_argument("--latency-samples", type=int, default=2_000)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="loyalty-bench-"))
-    infra = start_infrastructure(tmp)
-    platform = Platform(infra.pg_dsn, infra.kafka_bootstrap, secrets.token_urlsafe(8), tmp,
-                        fixed_ports=False)
-    try:
-        await platform.prepare()
-        platform.start("ledger")
-        await platform.wait_ready("ledger")
-        await latency(infra.kafka_bootstrap, args.latency_samples, args.rate)
-        await throughput(infra.kafka_bootstrap, args.commands, args.members)
-    finally:
-        platform.stop()
-        infra.stop()
+    async with own_platform("ledger") as bootstrap:
+        await latency(bootstrap, args.latency_samples, args.rate)
+        await throughput(bootstrap, args.commands, args.members)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,51 @@
+"""What the benchmark scripts share: a platform of their own, and a reader at a topic's end."""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+
+from loyalty.cli import DEMO_PROGRAMS, publish_programs, wait_programs_applied
+from loyalty.infra import start_infrastructure
+from loyalty.platform import Platform
+from loyalty.programs import load_programs_file
+
+
+@asynccontextmanager
+async def own_platform(*services: str) -> AsyncIterator[str]:
+    """Embedded Postgres and Tansu (or LOYALTY_* servers), `services` as processes, the demo
+    programs applied when earn runs; yields the broker address."""
+    tmp = Path(tempfile.mkdtemp(prefix="loyalty-bench-"))
+    infra = start_infrastructure(tmp)
+    platform = Platform(infra.pg_dsn, infra.kafka_bootstrap, secrets.token_urlsafe(8), tmp,
+                        fixed_ports=False)
+    try:
+        await platform.prepare()
+        platform.start(*services)
+        await platform.wait_ready(*services)
+        if "earn" in services:
+            programs = load_programs_file(DEMO_PROGRAMS)
+            await publish_programs(infra.kafka_bootstrap, programs)
+            await wait_programs_applied(platform.services["earn"].url, platform.api_token,
+                                        programs)
+        yield infra.kafka_bootstrap
+    finally:
+        platform.stop()
+        infra.stop()
+
+
+async def tail(bootstrap: str, topic: str) -> AIOKafkaConsumer:
+    """A reader positioned at the end of `topic`: it sees only what comes next."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest",
+                                enable_auto_commit=False,
+                                fetch_max_wait_ms=10)  # measure the platform, not this reader
+    await consumer.start()
+    await consumer.seek_to_end()
+    for tp in consumer.assignment():
+        await consumer.position(tp)
+    return consumer
