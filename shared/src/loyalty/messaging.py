@@ -147,6 +147,17 @@ class Envelope(Generic[T]):
 Decoder = Callable[[dict[str, Any]], tuple[str, T]]
 """Validates a JSON object; returns (message id, message). Raises `Rejected`."""
 
+def decoder(model: type[BaseModel] | TypeAdapter[Any], id_field: str = "event_id"
+            ) -> Decoder[Any]:
+    """The decoder of a contract model whose id is `id_field`."""
+
+    def decode(payload: dict[str, Any]) -> tuple[str, Any]:
+        message = validate(model, payload)
+        return getattr(message, id_field), message
+
+    return decode
+
+
 Handler = Callable[[asyncpg.Connection, Envelope[T], Outbox], Awaitable[None]]
 """Applies one message inside the batch transaction; raises `Rejected` for bad input."""
 

@@ -10,7 +10,7 @@ from earn import handlers
 from earn.adapters.postgres import EarnRepository
 from loyalty import topics
 from loyalty.contracts import ActivityEvent, AdjustmentEvent, LedgerEvent, PurchaseEvent
-from loyalty.messaging import Envelope, Outbox, Rejected, validate
+from loyalty.messaging import Envelope, Outbox, Rejected, decoder
 from loyalty.programs import ProgramDefinition, ProgramFileError
 from loyalty.service import Runtime
 
@@ -22,26 +22,6 @@ def decode_program(payload: dict[str, Any]) -> tuple[str, ProgramDefinition]:
     except (ProgramFileError, ValueError) as exc:
         raise Rejected("invalid_program", str(exc)) from None
     return str(payload.get("event_id") or program.id), program
-
-
-def decode_purchase(payload: dict[str, Any]) -> tuple[str, PurchaseEvent]:
-    event = validate(PurchaseEvent, payload)
-    return event.event_id, event
-
-
-def decode_activity(payload: dict[str, Any]) -> tuple[str, ActivityEvent]:
-    event = validate(ActivityEvent, payload)
-    return event.event_id, event
-
-
-def decode_adjustment(payload: dict[str, Any]) -> tuple[str, AdjustmentEvent]:
-    event = validate(AdjustmentEvent, payload)
-    return event.event_id, event
-
-
-def decode_ledger_event(payload: dict[str, Any]) -> tuple[str, LedgerEvent]:
-    event = validate(LedgerEvent, payload)
-    return event.event_id, event
 
 
 def wire(runtime: Runtime) -> None:
@@ -73,7 +53,7 @@ def wire(runtime: Runtime) -> None:
 
     # Programs: the latest definition per key wins; applying one twice changes nothing.
     runtime.consume(topics.PROGRAMS, decode_program, on_program, use_inbox=False)
-    runtime.consume(topics.PURCHASES, decode_purchase, on_purchase)
-    runtime.consume(topics.ACTIVITIES, decode_activity, on_activity)
-    runtime.consume(topics.ADJUSTMENTS, decode_adjustment, on_adjustment)
-    runtime.consume(topics.LEDGER, decode_ledger_event, on_ledger_event)
+    runtime.consume(topics.PURCHASES, decoder(PurchaseEvent), on_purchase)
+    runtime.consume(topics.ACTIVITIES, decoder(ActivityEvent), on_activity)
+    runtime.consume(topics.ADJUSTMENTS, decoder(AdjustmentEvent), on_adjustment)
+    runtime.consume(topics.LEDGER, decoder(LedgerEvent), on_ledger_event)

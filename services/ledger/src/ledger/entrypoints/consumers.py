@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import asyncpg
 import structlog
@@ -14,23 +13,15 @@ from ledger.adapters.postgres import LedgerRepository
 from loyalty import topics
 from loyalty.contracts import MemberEvent
 from loyalty.ledger_commands import AnyCommand, LedgerCommand
-from loyalty.messaging import Envelope, Outbox, validate
+from loyalty.messaging import Envelope, Outbox, decoder
 from loyalty.service import Runtime
 
 log = structlog.get_logger(__name__)
 
 HOLD_SWEEP_INTERVAL_S = 1.0
-_commands: TypeAdapter[AnyCommand] = TypeAdapter(LedgerCommand)
 
 
-def decode_command(payload: dict[str, Any]) -> tuple[str, AnyCommand]:
-    command = validate(_commands, payload)
-    return command.command_id, command
-
-
-def decode_member(payload: dict[str, Any]) -> tuple[str, MemberEvent]:
-    event = validate(MemberEvent, payload)
-    return event.event_id, event
+decode_command = decoder(TypeAdapter(LedgerCommand), id_field="command_id")
 
 
 async def on_member(conn: asyncpg.Connection, env: Envelope[MemberEvent], _: Outbox) -> None:
@@ -62,5 +53,5 @@ def wire(runtime: Runtime) -> None:
             await asyncio.sleep(HOLD_SWEEP_INTERVAL_S)
 
     runtime.consume(topics.LEDGER_COMMANDS, decode_command, handle_batch=on_commands)
-    runtime.consume(topics.MEMBERS, decode_member, on_member)
+    runtime.consume(topics.MEMBERS, decoder(MemberEvent), on_member)
     runtime.background.append(sweep_holds)
