@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 from decimal import Decimal
 
 import asyncpg
@@ -165,3 +166,27 @@ async def test_metrics_show_the_flow(platform, api_token) -> None:
                                                                            token=None)
     assert "loyalty_dead_letters_total{" in earn_text
     assert 'code="malformed_json"' in earn_text
+
+
+async def test_a_broker_outage_mid_stream_loses_and_doubles_nothing(
+        platform, infra, kafka_client: Kafka, ledger: Api) -> None:
+    """Tansu keeps nothing across a restart, so an outage is a pause (SIGSTOP/SIGCONT): the
+    services' publishes and fetches fail and are retried."""
+    if infra.broker is None or infra.broker.proc is None:
+        pytest.skip("the broker is external (LOYALTY_KAFKA_BOOTSTRAP): cannot pause it")
+    phones = [unique_phone() for _ in range(20)]
+    events = [purchase(phones[i % len(phones)], "1.00") for i in range(200)]
+    await kafka_client.publish_many(topics.PURCHASES, [(e["order_id"], e) for e in events[:100]])
+    infra.broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        await asyncio.sleep(5)
+    finally:
+        infra.broker.proc.send_signal(signal.SIGCONT)
+    await kafka_client.publish_many(topics.PURCHASES, [(e["order_id"], e) for e in events[100:]])
+
+    for phone in phones:
+        await ledger.wait_until(f"/v1/programs/{PROGRAM}/members/phone:{phone}",
+                                lambda b: b["balance"] >= 100, timeout_s=90)
+    await asyncio.sleep(1.0)
+    for phone in phones:
+        assert await balance_of(ledger, phone) == 100  # 10 purchases of 10 points each

@@ -278,25 +278,27 @@ async def _skip(repo: EarnRepository, event: PurchaseEvent | ActivityEvent, code
     log.info("purchase.skipped", event_id=event.event_id, code=code)
 
 
-async def notify_movement(repo: EarnRepository, event: LedgerEvent, outbox: Outbox) -> None:
-    """A confirmed ledger movement of ours becomes a message on the member's channel."""
-    template = NOTIFY_TEMPLATES.get((event.source.kind, event.type))
-    if template is None or event.points == 0:
+async def notify_movements(repo: EarnRepository, events: list[LedgerEvent],
+                           outbox: Outbox) -> None:
+    """Confirmed ledger movements of ours become messages on the members' channels (a batch
+    at a time: one query for the members, one per program)."""
+    relevant = [(e, template) for e in events
+                if (template := NOTIFY_TEMPLATES.get((e.source.kind, e.type))) and e.points]
+    if not relevant:
         return
-    member = await repo.member(event.member_id)
-    found = await repo.current_program(event.program_id)
-    if member is None or found is None:
-        return
-    _, program = found
-    route = choose_channel(member.preferred_channel, member.phone, member.email)
-    if route is None:
-        return
-    channel, to = route
-    message = build_notification(
-        template=template, locale=member.locale, channel=channel, to=to,
-        program_id=event.program_id, member_id=event.member_id,
-        params={"points": abs(event.points), "balance": event.balance_after,
-                "program_name": program.name, "reason": event.reason},
-        fact_id=event.event_id, occurred_at=event.occurred_at)
-    topic = topics.NOTIFICATIONS_SMS if channel == "sms" else topics.NOTIFICATIONS_EMAIL
-    outbox.add(topic, event.member_id, message)
+    members = await repo.members([e.member_id for e, _ in relevant])
+    programs = {p: await repo.current_program(p) for p in {e.program_id for e, _ in relevant}}
+    for event, template in relevant:
+        member, found = members.get(event.member_id), programs[event.program_id]
+        route = member and choose_channel(member.preferred_channel, member.phone, member.email)
+        if not route or found is None:
+            continue
+        channel, to = route
+        message = build_notification(
+            template=template, locale=member.locale, channel=channel, to=to,
+            program_id=event.program_id, member_id=event.member_id,
+            params={"points": abs(event.points), "balance": event.balance_after,
+                    "program_name": found[1].name, "reason": event.reason},
+            fact_id=event.event_id, occurred_at=event.occurred_at)
+        topic = topics.NOTIFICATIONS_SMS if channel == "sms" else topics.NOTIFICATIONS_EMAIL
+        outbox.add(topic, event.member_id, message)

@@ -89,11 +89,11 @@ class EarnRepository:
             r["member_id"], r["program_id"], r["locale"], r["preferred_channel"], r["phone"],
             r["email"]) for r in rows}
 
-    async def member(self, member_id: str) -> Member | None:
-        row = await self.conn.fetchrow(
+    async def members(self, member_ids: list[str]) -> dict[str, Member]:
+        rows = await self.conn.fetch(
             "SELECT member_id, program_id, locale, preferred_channel, phone, email"
-            " FROM members WHERE member_id = $1", member_id)
-        return Member(**dict(row)) if row else None
+            " FROM members WHERE member_id = ANY($1::text[])", member_ids)
+        return {r["member_id"]: Member(**dict(r)) for r in rows}
 
     async def add_member(self, member: Member, enrolled_at: datetime) -> None:
         await self.conn.execute(

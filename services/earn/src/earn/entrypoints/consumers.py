@@ -47,13 +47,13 @@ def wire(runtime: Runtime) -> None:
                             outbox: Outbox) -> None:
         await handlers.points_adjusted(EarnRepository(conn), deps, env.message, outbox)
 
-    async def on_ledger_event(conn: asyncpg.Connection, env: Envelope[LedgerEvent],
-                              outbox: Outbox) -> None:
-        await handlers.notify_movement(EarnRepository(conn), env.message, outbox)
+    async def on_ledger_events(conn: asyncpg.Connection, envs: list[Envelope[LedgerEvent]],
+                               outbox: Outbox) -> None:
+        await handlers.notify_movements(EarnRepository(conn), [e.message for e in envs], outbox)
 
     # Programs: the latest definition per key wins; applying one twice changes nothing.
     runtime.consume(topics.PROGRAMS, decode_program, on_program, use_inbox=False)
     runtime.consume(topics.PURCHASES, decoder(PurchaseEvent), on_purchase)
     runtime.consume(topics.ACTIVITIES, decoder(ActivityEvent), on_activity)
     runtime.consume(topics.ADJUSTMENTS, decoder(AdjustmentEvent), on_adjustment)
-    runtime.consume(topics.LEDGER, decoder(LedgerEvent), on_ledger_event)
+    runtime.consume(topics.LEDGER, decoder(LedgerEvent), handle_batch=on_ledger_events)
