@@ -163,8 +163,8 @@ Handler = Callable[[asyncpg.Connection, Envelope[T], Outbox], Awaitable[None]]
 
 BatchHandler = Callable[[asyncpg.Connection, list[Envelope[T]], Outbox], Awaitable[None]]
 """Applies many messages at once (set-based); used where per-message round trips are too slow.
-If it fails on a constraint, the batch is replayed one message at a time to isolate the bad
-one, which is dead-lettered with `constraint_violation`."""
+If it fails on a constraint (or raises `Rejected`), the batch is replayed one message at a
+time to isolate the bad one, which is dead-lettered (`constraint_violation`, or its code)."""
 
 
 def _header(record: ConsumerRecord, name: str) -> str | None:
@@ -222,8 +222,8 @@ class BatchConsumer(Generic[T]):
         async with self.pool.acquire() as conn, conn.transaction():
             if self.use_inbox:
                 envelopes = await self._first_deliveries(conn, envelopes, outbox, outcome)
-            if self.handle_batch is None:
-                await self._one_by_one(conn, envelopes, outbox, outcome, self._handle_one,
+            if self.handle is not None:
+                await self._one_by_one(conn, envelopes, outbox, outcome, self.handle,
                                        dead_letter=(Rejected,))
             else:
                 await self._set_based(conn, envelopes, outbox, outcome)
@@ -243,11 +243,6 @@ class BatchConsumer(Generic[T]):
             envelopes.append(Envelope(record, message, message_id, payload_digest(payload)))
         return envelopes
 
-    async def _handle_one(self, conn: asyncpg.Connection, env: Envelope[T],
-                          emitted: Outbox) -> None:
-        assert self.handle is not None
-        await self.handle(conn, env, emitted)
-
     async def _set_based(self, conn: asyncpg.Connection, envelopes: list[Envelope[T]],
                          outbox: Outbox, outcome: _Outcome) -> None:
         assert self.handle_batch is not None
@@ -255,8 +250,8 @@ class BatchConsumer(Generic[T]):
         try:
             async with conn.transaction():
                 await self.handle_batch(conn, envelopes, emitted)
-        except asyncpg.IntegrityConstraintViolationError:
-            # A bug, not an outage: find the culprit one message at a time.
+        except (asyncpg.IntegrityConstraintViolationError, Rejected):
+            # A bug or a bad message, not an outage: find the culprit one message at a time.
             log.exception("batch.constraint_violation", topic=self.topic,
                           records=len(envelopes))
             handle_batch = self.handle_batch
@@ -303,10 +298,10 @@ class BatchConsumer(Generic[T]):
             " SELECT $1, * FROM unnest($2::text[], $3::bytea[]) ON CONFLICT DO NOTHING"
             " RETURNING message_id",
             self.topic, list(first), [e.digest for e in first.values()])}
+        again = [i for i in first if i not in inserted]
         seen = {r["message_id"]: bytes(r["digest"]) for r in await conn.fetch(
             "SELECT message_id, digest FROM inbox WHERE topic = $1"
-            " AND message_id = ANY($2::text[])",
-            self.topic, [i for i in first if i not in inserted])}
+            " AND message_id = ANY($2::text[])", self.topic, again)} if again else {}
         fresh = [env for i, env in first.items() if i in inserted]
         for env in [e for i, e in first.items() if i not in inserted] + repeats:
             if seen.get(env.message_id, first[env.message_id].digest) == env.digest:
