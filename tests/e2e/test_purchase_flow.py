@@ -190,3 +190,44 @@ async def test_a_broker_outage_mid_stream_loses_and_doubles_nothing(
     await asyncio.sleep(1.0)
     for phone in phones:
         assert await balance_of(ledger, phone) == 100  # 10 purchases of 10 points each
+
+
+async def test_kill_9_of_earn_mid_stream_loses_and_doubles_nothing(
+        platform, kafka_client: Kafka, ledger: Api) -> None:
+    phones = [unique_phone() for _ in range(40)]
+    events = [purchase(phones[i % len(phones)], "1.00") for i in range(400)]
+    await kafka_client.publish_many(topics.PURCHASES, [(e["order_id"], e) for e in events[:200]])
+    await asyncio.sleep(0.3)
+    platform.services["earn"].kill()
+    await kafka_client.publish_many(topics.PURCHASES, [(e["order_id"], e) for e in events[200:]])
+    platform.start("earn")
+    await platform.wait_ready("earn")
+
+    for phone in phones:
+        await ledger.wait_until(f"/v1/programs/{PROGRAM}/members/phone:{phone}",
+                                lambda b: b["balance"] >= 100, timeout_s=90)
+    await asyncio.sleep(1.0)
+    for phone in phones:
+        assert await balance_of(ledger, phone) == 100  # 10 purchases of 10 points each
+
+
+async def test_a_database_restart_mid_stream_loses_and_doubles_nothing(
+        platform, infra, kafka_client: Kafka, ledger: Api) -> None:
+    """Postgres goes away under both services (connections dropped, transactions aborted) and
+    comes back on the same port: batches are retried, nothing is lost or applied twice."""
+    if infra.postgres is None:
+        pytest.skip("the database is external (LOYALTY_PG_DSN): cannot restart it")
+    phones = [unique_phone() for _ in range(20)]
+    events = [purchase(phones[i % len(phones)], "1.00") for i in range(200)]
+    await kafka_client.publish_many(topics.PURCHASES, [(e["order_id"], e) for e in events[:100]])
+    await asyncio.to_thread(infra.postgres.stop)
+    await kafka_client.publish_many(topics.PURCHASES, [(e["order_id"], e) for e in events[100:]])
+    await asyncio.sleep(2)
+    await asyncio.to_thread(infra.postgres.start)
+
+    for phone in phones:
+        await ledger.wait_until(f"/v1/programs/{PROGRAM}/members/phone:{phone}",
+                                lambda b: b["balance"] >= 100, timeout_s=90)
+    await asyncio.sleep(1.0)
+    for phone in phones:
+        assert await balance_of(ledger, phone) == 100
