@@ -305,3 +305,24 @@ async def test_no_enrolment_after_enrolment_closes(
     outcome = await earn.wait_until(f"/v1/programs/{program_id}/events/{newcomer['event_id']}",
                                     lambda b: True)
     assert (outcome["status"], outcome["reason_code"]) == ("skipped", "enrolment_closed")
+
+
+async def test_a_refused_purchase_enrols_nobody(platform, kafka_client: Kafka, earn: Api,
+                                                ledger: Api) -> None:
+    first = purchase({"phone": unique_phone()}, "1.00")
+    await send(kafka_client, topics.PURCHASES, first)
+    newcomer = unique_phone()
+    clash = purchase({"phone": newcomer}, "2.00", order_id=first["order_id"])
+    after = purchase({"phone": unique_phone()}, "3.00", order_id=first["order_id"] + "-b")
+    await send(kafka_client, topics.PURCHASES, clash)
+    await send(kafka_client, topics.PURCHASES, after)
+
+    [dead] = await kafka_client.wait_for(topics.dlq(topics.PURCHASES),
+                                         lambda r: clash["event_id"].encode() in r.value)
+    assert dict(dead.headers)["error.code"] == b"duplicate_order"
+    await ledger.wait_until(f"/v1/programs/{PROGRAM}/members/phone:"
+                            f"{after['customer']['phone']}", lambda b: b["balance"] == 30)
+    status, _ = await ledger.get(f"/v1/programs/{PROGRAM}/members/phone:{newcomer}")
+    assert status == 404
+    assert not [r for r in await kafka_client.read_all(topics.MEMBERS)
+                if newcomer.encode() in r.value]  # no member.enrolled for the refused one

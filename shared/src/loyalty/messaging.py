@@ -161,8 +161,11 @@ def decoder(model: type[BaseModel] | TypeAdapter[Any], id_field: str = "event_id
 Handler = Callable[[asyncpg.Connection, Envelope[T], Outbox], Awaitable[None]]
 """Applies one message inside the batch transaction; raises `Rejected` for bad input."""
 
-BatchHandler = Callable[[asyncpg.Connection, list[Envelope[T]], Outbox], Awaitable[None]]
+BatchHandler = Callable[[asyncpg.Connection, list[Envelope[T]], Outbox],
+                        Awaitable[list[tuple[Envelope[T], Rejected]] | None]]
 """Applies many messages at once (set-based); used where per-message round trips are too slow.
+Returns the messages it refused (dead-lettered with their codes; their effects are its job to
+leave out).
 If it fails on a constraint (or raises `Rejected`), the batch is replayed one message at a
 time to isolate the bad one, which is dead-lettered (`constraint_violation`, or its code)."""
 
@@ -246,10 +249,12 @@ class BatchConsumer(Generic[T]):
     async def _set_based(self, conn: asyncpg.Connection, envelopes: list[Envelope[T]],
                          outbox: Outbox, outcome: _Outcome) -> None:
         assert self.handle_batch is not None
+        if not envelopes:  # every record was a duplicate or could not be decoded
+            return
         emitted = Outbox()
         try:
             async with conn.transaction():
-                await self.handle_batch(conn, envelopes, emitted)
+                refused = await self.handle_batch(conn, envelopes, emitted) or []
         except (asyncpg.IntegrityConstraintViolationError, Rejected):
             # A bug or a bad message, not an outage: find the culprit one message at a time.
             log.exception("batch.constraint_violation", topic=self.topic,
@@ -257,12 +262,15 @@ class BatchConsumer(Generic[T]):
             handle_batch = self.handle_batch
 
             async def alone(conn: asyncpg.Connection, env: Envelope[T], out: Outbox) -> None:
-                await handle_batch(conn, [env], out)
+                for _, rej in await handle_batch(conn, [env], out) or []:
+                    raise rej
 
             await self._one_by_one(
                 conn, envelopes, outbox, outcome, alone,
                 dead_letter=(Rejected, asyncpg.IntegrityConstraintViolationError))
             return
+        for env, rej in refused:
+            self._reject(outbox, env.record, rej, outcome)
         outbox.rows.extend(emitted.rows)
 
     async def _one_by_one(self, conn: asyncpg.Connection, envelopes: list[Envelope[T]],

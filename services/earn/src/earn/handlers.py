@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from earn.adapters.batch import BatchEarnRepository
 from earn.adapters.postgres import EarnRepository, Member
 from earn.domain.rules import Line, Purchase, activity_points, compute_points, return_points
 from loyalty import metrics, topics
@@ -50,7 +51,7 @@ async def apply_program(repo: EarnRepository, program: ProgramDefinition) -> Non
         log.info("program.applied", program_id=program.id, version=version)
 
 
-async def _program(repo: EarnRepository, program_id: str) -> tuple[int, ProgramDefinition]:
+async def _program(repo: BatchEarnRepository, program_id: str) -> tuple[int, ProgramDefinition]:
     found = await repo.current_program(program_id)
     if found is None:
         raise Rejected("unknown_program", f"program {program_id!r} is not defined")
@@ -64,7 +65,7 @@ def _identifiers(customer: Any) -> Identifiers:
         raise Rejected(exc.code, str(exc)) from None
 
 
-async def identify(repo: EarnRepository, deps: Deps, program: ProgramDefinition,
+async def identify(repo: BatchEarnRepository, deps: Deps, program: ProgramDefinition,
                    identifiers: Identifiers, locale: str | None, occurred_at: Any,
                    outbox: Outbox) -> Member | None:
     """The member these identifiers name, enrolling on first sight (None: enrolment closed).
@@ -115,7 +116,7 @@ def _member_event(outbox: Outbox, type_: str, program_id: str, member_id: str,
     })
 
 
-async def _earning_member(repo: EarnRepository, deps: Deps, program: ProgramDefinition,
+async def _earning_member(repo: BatchEarnRepository, deps: Deps, program: ProgramDefinition,
                           event: PurchaseEvent | ActivityEvent, outbox: Outbox) -> Member | None:
     """The member who earns from `event`, enrolled if new; None (recorded with the reason)
     when the program no longer awards points or no longer enrols."""
@@ -130,7 +131,7 @@ async def _earning_member(repo: EarnRepository, deps: Deps, program: ProgramDefi
     return member
 
 
-async def purchase_completed(repo: EarnRepository, deps: Deps, event: PurchaseEvent,
+async def purchase_completed(repo: BatchEarnRepository, deps: Deps, event: PurchaseEvent,
                              outbox: Outbox) -> None:
     version, program = await _program(repo, event.program_id)
     if event.currency != program.currency:
@@ -173,7 +174,7 @@ def _credit(outbox: Outbox, program: ProgramDefinition, member_id: str, command_
     metrics.BUSINESS_EVENTS.labels("earn", f"points_awarded_{kind}").inc()
 
 
-async def _update_tier(repo: EarnRepository, program: ProgramDefinition, member_id: str,
+async def _update_tier(repo: BatchEarnRepository, program: ProgramDefinition, member_id: str,
                        points_last_12_months: int, at: datetime, outbox: Outbox) -> None:
     """Publish `member.tier_changed` when the points of the last 12 months cross a tier."""
     tier = program.tier_for(points_last_12_months)
@@ -192,11 +193,12 @@ async def _update_tier(repo: EarnRepository, program: ProgramDefinition, member_
     metrics.BUSINESS_EVENTS.labels("earn", "tier_changed").inc()
 
 
-async def purchase_returned(repo: EarnRepository, event: PurchaseEvent, outbox: Outbox) -> None:
+async def purchase_returned(repo: BatchEarnRepository, event: PurchaseEvent,
+                            outbox: Outbox) -> None:
     """Take back what the order earned, pro rata to the returned amount, under the rules the
     order was earned with (its stored points); several partial returns never exceed it."""
     await _program(repo, event.program_id)
-    order = await repo.order_for_update(event.program_id, event.order_id)
+    order = await repo.order(event.program_id, event.order_id)
     if order is None:
         raise Rejected("unknown_order", f"order {event.order_id} was never recorded as a "
                        f"purchase of program {event.program_id}")
@@ -222,7 +224,7 @@ async def purchase_returned(repo: EarnRepository, event: PurchaseEvent, outbox: 
     metrics.BUSINESS_EVENTS.labels("earn", "points_returned").inc()
 
 
-async def activity_completed(repo: EarnRepository, deps: Deps, event: ActivityEvent,
+async def activity_completed(repo: BatchEarnRepository, deps: Deps, event: ActivityEvent,
                              outbox: Outbox) -> None:
     _, program = await _program(repo, event.program_id)
     points = activity_points(program, event.activity)
@@ -244,7 +246,7 @@ async def activity_completed(repo: EarnRepository, deps: Deps, event: ActivityEv
         await _update_tier(repo, program, member.member_id, recent, event.occurred_at, outbox)
 
 
-async def points_adjusted(repo: EarnRepository, deps: Deps, event: AdjustmentEvent,
+async def points_adjusted(repo: BatchEarnRepository, deps: Deps, event: AdjustmentEvent,
                           outbox: Outbox) -> None:
     """Support staff fixing a balance: a credit or a debit with the reason and the actor."""
     _, program = await _program(repo, event.program_id)
@@ -270,7 +272,7 @@ async def points_adjusted(repo: EarnRepository, deps: Deps, event: AdjustmentEve
     metrics.BUSINESS_EVENTS.labels("earn", "points_adjusted_down").inc()
 
 
-async def _skip(repo: EarnRepository, event: PurchaseEvent | ActivityEvent, code: str,
+async def _skip(repo: BatchEarnRepository, event: PurchaseEvent | ActivityEvent, code: str,
                 reason: str) -> None:
     await repo.skip(event_id=event.event_id, program_id=event.program_id, reason_code=code,
                     reason=reason, occurred_at=event.occurred_at)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 
 from earn import handlers
+from earn.adapters.batch import BatchEarnRepository
 from earn.adapters.postgres import EarnRepository
 from loyalty import topics
 from loyalty.contracts import ActivityEvent, AdjustmentEvent, LedgerEvent, PurchaseEvent
-from loyalty.messaging import Envelope, Outbox, Rejected, decoder
+from loyalty.identifiers import InvalidIdentifier, normalise_customer
+from loyalty.logging import correlation
+from loyalty.messaging import BatchHandler, Envelope, Outbox, Rejected, decoder
 from loyalty.programs import ProgramDefinition, ProgramFileError
 from loyalty.service import Runtime
 
@@ -24,6 +28,58 @@ def decode_program(payload: dict[str, Any]) -> tuple[str, ProgramDefinition]:
     return str(payload.get("event_id") or program.id), program
 
 
+class ConcurrentWrite(Exception):
+    """Another earn process enrolled the same identifier first: retry the batch (it will
+    find that member now)."""
+
+
+Event = PurchaseEvent | ActivityEvent | AdjustmentEvent
+
+
+def batched(apply: Callable[[BatchEarnRepository, Any, Outbox], Awaitable[None]]
+            ) -> BatchHandler[Any]:
+    """A record-by-record handler, applied to a whole batch over a `BatchEarnRepository`:
+    the batch reads in a few queries, and a refused record leaves no trace."""
+
+    async def handle(conn: asyncpg.Connection, envs: list[Envelope[Event]],
+                     outbox: Outbox) -> list[tuple[Envelope[Event], Rejected]]:
+        events = [env.message for env in envs]
+        repo = await BatchEarnRepository.load(
+            conn, program_ids=[e.program_id for e in events],
+            identifiers=[(e.program_id, kind, value) for e in events
+                         for kind, value in identifier_items(e.customer)],
+            orders=[(e.program_id, e.order_id) for e in events if isinstance(e, PurchaseEvent)],
+            earliest=min(e.occurred_at for e in events))
+        refused = []
+        for env in envs:
+            emitted = Outbox()
+            repo.begin()
+            with correlation(env.message_id):
+                try:
+                    await apply(repo, env.message, emitted)
+                except Rejected as rej:
+                    repo.rollback()
+                    refused.append((env, rej))
+                    continue
+            outbox.rows.extend(emitted.rows)
+        try:
+            async with conn.transaction():
+                await repo.flush(conn)
+        except asyncpg.UniqueViolationError as exc:
+            raise ConcurrentWrite(str(exc)) from exc
+        return refused
+
+    return handle
+
+
+def identifier_items(customer: Any) -> list[tuple[str, str]]:
+    """The customer's normalised identifiers, or none if one is invalid (the handler says so)."""
+    try:
+        return normalise_customer(customer.model_dump(exclude_none=True)).items()
+    except InvalidIdentifier:
+        return []
+
+
 def wire(runtime: Runtime) -> None:
     deps = handlers.Deps(clock=runtime.clock, ids=runtime.ids)
 
@@ -31,21 +87,18 @@ def wire(runtime: Runtime) -> None:
                          _: Outbox) -> None:
         await handlers.apply_program(EarnRepository(conn), env.message)
 
-    async def on_purchase(conn: asyncpg.Connection, env: Envelope[PurchaseEvent],
-                          outbox: Outbox) -> None:
-        event = env.message
+    async def on_purchase(repo: BatchEarnRepository, event: PurchaseEvent, outbox: Outbox) -> None:
         if event.type == "purchase.completed":
-            await handlers.purchase_completed(EarnRepository(conn), deps, event, outbox)
+            await handlers.purchase_completed(repo, deps, event, outbox)
         else:
-            await handlers.purchase_returned(EarnRepository(conn), event, outbox)
+            await handlers.purchase_returned(repo, event, outbox)
 
-    async def on_activity(conn: asyncpg.Connection, env: Envelope[ActivityEvent],
-                          outbox: Outbox) -> None:
-        await handlers.activity_completed(EarnRepository(conn), deps, env.message, outbox)
+    async def on_activity(repo: BatchEarnRepository, event: ActivityEvent, outbox: Outbox) -> None:
+        await handlers.activity_completed(repo, deps, event, outbox)
 
-    async def on_adjustment(conn: asyncpg.Connection, env: Envelope[AdjustmentEvent],
+    async def on_adjustment(repo: BatchEarnRepository, event: AdjustmentEvent,
                             outbox: Outbox) -> None:
-        await handlers.points_adjusted(EarnRepository(conn), deps, env.message, outbox)
+        await handlers.points_adjusted(repo, deps, event, outbox)
 
     async def on_ledger_events(conn: asyncpg.Connection, envs: list[Envelope[LedgerEvent]],
                                outbox: Outbox) -> None:
@@ -53,7 +106,8 @@ def wire(runtime: Runtime) -> None:
 
     # Programs: the latest definition per key wins; applying one twice changes nothing.
     runtime.consume(topics.PROGRAMS, decode_program, on_program, use_inbox=False)
-    runtime.consume(topics.PURCHASES, decoder(PurchaseEvent), on_purchase)
-    runtime.consume(topics.ACTIVITIES, decoder(ActivityEvent), on_activity)
-    runtime.consume(topics.ADJUSTMENTS, decoder(AdjustmentEvent), on_adjustment)
+    runtime.consume(topics.PURCHASES, decoder(PurchaseEvent), handle_batch=batched(on_purchase))
+    runtime.consume(topics.ACTIVITIES, decoder(ActivityEvent), handle_batch=batched(on_activity))
+    runtime.consume(topics.ADJUSTMENTS, decoder(AdjustmentEvent),
+                    handle_batch=batched(on_adjustment))
     runtime.consume(topics.LEDGER, decoder(LedgerEvent), handle_batch=on_ledger_events)

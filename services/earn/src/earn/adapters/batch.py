@@ -1,0 +1,278 @@
+"""earn's repository over one consumed batch: reads were loaded in bulk, writes are staged.
+
+The handlers are written record by record against a repository; this one makes a whole batch
+cost a handful of queries instead of several per record. Everything a batch can read is loaded
+up front (programs, the members its identifiers name, their orders and awards of the last 12
+months, the orders it returns). Each record's writes are staged and journalled: a `Rejected`
+record is rolled back in memory, as a savepoint would be. At the end, `flush` writes what the
+accepted records did with one statement per table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from earn.adapters.postgres import Member, Order, parsed_program
+from loyalty.programs import ProgramDefinition
+
+TIER_WINDOW = timedelta(days=365)
+_MISSING = object()
+
+
+@dataclass
+class _Writes:
+    members: list[tuple[Member, datetime]] = field(default_factory=list)
+    identifiers: list[tuple[str, str, str, str, datetime]] = field(default_factory=list)
+    orders: list[tuple[str, str]] = field(default_factory=list)  # keys into `orders`
+    returns: list[tuple[str, str, str, Decimal, int, datetime]] = field(default_factory=list)
+    awards: list[tuple[str, str, str, str, int, str, datetime]] = field(default_factory=list)
+    skipped: list[tuple[str, str, str, str, datetime]] = field(default_factory=list)
+
+    def lengths(self) -> dict[str, int]:
+        return {name: len(rows) for name, rows in vars(self).items()}
+
+    def truncate(self, lengths: dict[str, int]) -> None:
+        for name, n in lengths.items():
+            del getattr(self, name)[n:]
+
+
+class BatchEarnRepository:
+    """The `EarnRepository` interface, in memory for one batch (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.programs: dict[str, tuple[int, ProgramDefinition]] = {}
+        self.identifiers: dict[tuple[str, str, str], str] = {}
+        self.members: dict[str, Member] = {}
+        self.tiers: dict[str, str | None] = {}
+        self.orders: dict[tuple[str, str], Order] = {}
+        self.order_at: dict[tuple[str, str], datetime] = {}
+        self.order_rows: dict[tuple[str, str], dict[str, Any]] = {}  # what a new order stores
+        self.member_orders: dict[str, tuple[tuple[str, str], ...]] = {}
+        self.member_awards: dict[str, tuple[tuple[datetime, int], ...]] = {}
+        self.dirty_members: dict[str, bool] = {}
+        self.dirty_orders: dict[tuple[str, str], bool] = {}
+        self.writes = _Writes()
+        self._journal: list[tuple[dict[Any, Any], Any, Any]] = []
+        self._marks: dict[str, int] = {}
+
+    # Loading -------------------------------------------------------------------------------
+
+    @classmethod
+    async def load(cls, conn: asyncpg.Connection, *, program_ids: Iterable[str],
+                   identifiers: Iterable[tuple[str, str, str]],
+                   orders: Iterable[tuple[str, str]], earliest: datetime
+                   ) -> BatchEarnRepository:
+        """Everything the records of a batch may read: `identifiers` are (program, kind,
+        value), `orders` (program, order id); `earliest` is the earliest event instant."""
+        repo = cls()
+        for r in await conn.fetch("SELECT program_id, version FROM programs"
+                                  " WHERE program_id = ANY($1::text[])", list(set(program_ids))):
+            repo.programs[r["program_id"]] = (r["version"], await parsed_program(
+                conn, r["program_id"], r["version"]))
+        idents = list(set(identifiers))
+        for r in await conn.fetch(
+                "SELECT program_id, kind, value, member_id FROM identifiers"
+                " WHERE (program_id, kind, value) IN"
+                " (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))",
+                [p for p, _, _ in idents], [k for _, k, _ in idents], [v for _, _, v in idents]):
+            repo.identifiers[(r["program_id"], r["kind"], r["value"])] = r["member_id"]
+        keys = list(set(orders))
+        order_rows = await conn.fetch(
+            "SELECT * FROM orders WHERE (program_id, order_id) IN"
+            " (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [p for p, _ in keys], [o for _, o in keys])
+        member_ids = set(repo.identifiers.values()) | {r["member_id"] for r in order_rows}
+        for r in await conn.fetch(
+                "SELECT member_id, program_id, locale, preferred_channel, phone, email, tier_id"
+                " FROM members WHERE member_id = ANY($1::text[])", list(member_ids)):
+            repo.members[r["member_id"]] = Member(
+                r["member_id"], r["program_id"], r["locale"], r["preferred_channel"],
+                r["phone"], r["email"])
+            repo.tiers[r["member_id"]] = r["tier_id"]
+        since = earliest - TIER_WINDOW
+        recent = await conn.fetch(
+            "SELECT * FROM orders WHERE member_id = ANY($1::text[]) AND occurred_at >= $2",
+            list(member_ids), since)
+        for r in [*order_rows, *recent]:
+            key = (r["program_id"], r["order_id"])
+            if key in repo.orders:
+                continue
+            repo.orders[key] = Order(r["member_id"], r["event_id"], r["program_version"],
+                                     r["total"], r["points"], r["returned_amount"],
+                                     r["points_reversed"])
+            repo.order_at[key] = r["occurred_at"]
+            repo.member_orders[r["member_id"]] = (*repo.member_orders.get(r["member_id"], ()),
+                                                  key)
+        for r in await conn.fetch(
+                "SELECT member_id, occurred_at, points FROM awards"
+                " WHERE member_id = ANY($1::text[]) AND occurred_at >= $2",
+                list(member_ids), since):
+            repo.member_awards[r["member_id"]] = (
+                *repo.member_awards.get(r["member_id"], ()), (r["occurred_at"], r["points"]))
+        return repo
+
+    # One record at a time --------------------------------------------------------------------
+
+    def begin(self) -> None:
+        self._journal.clear()
+        self._marks = self.writes.lengths()
+
+    def rollback(self) -> None:
+        for store, key, old in reversed(self._journal):
+            if old is _MISSING:
+                store.pop(key, None)
+            else:
+                store[key] = old
+        self._journal.clear()
+        self.writes.truncate(self._marks)
+
+    def _set(self, store: dict[Any, Any], key: Any, value: Any) -> None:
+        self._journal.append((store, key, store.get(key, _MISSING)))
+        store[key] = value
+
+    # The EarnRepository interface ----------------------------------------------------------
+
+    async def current_program(self, program_id: str) -> tuple[int, ProgramDefinition] | None:
+        return self.programs.get(program_id)
+
+    async def find_members(self, program_id: str, identifiers: list[tuple[str, str]]
+                           ) -> dict[tuple[str, str], Member]:
+        found = {}
+        for kind, value in identifiers:
+            member_id = self.identifiers.get((program_id, kind, value))
+            if member_id is not None:
+                found[(kind, value)] = self.members[member_id]
+        return found
+
+    async def add_member(self, member: Member, enrolled_at: datetime) -> None:
+        self._set(self.members, member.member_id, member)
+        self._set(self.tiers, member.member_id, None)
+        self.writes.members.append((member, enrolled_at))
+
+    async def link(self, program_id: str, member_id: str, identifiers: list[tuple[str, str]],
+                   at: datetime) -> None:
+        for kind, value in identifiers:
+            self._set(self.identifiers, (program_id, kind, value), member_id)
+            self.writes.identifiers.append((program_id, kind, value, member_id, at))
+        contact = dict(identifiers)
+        member = self.members[member_id]
+        updated = replace(member, phone=member.phone or contact.get("phone"),
+                          email=member.email or contact.get("email"))
+        if updated != member:
+            self._set(self.members, member_id, updated)
+            self._set(self.dirty_members, member_id, True)
+
+    async def points_earned_since(self, member_id: str, since: datetime) -> int:
+        orders = sum(self.orders[k].points - self.orders[k].points_reversed
+                     for k in self.member_orders.get(member_id, ()) if self.order_at[k] >= since)
+        awards = sum(p for at, p in self.member_awards.get(member_id, ()) if at >= since)
+        return orders + awards
+
+    async def set_tier(self, member_id: str, tier_id: str) -> tuple[bool, str | None]:
+        previous = self.tiers.get(member_id)
+        if previous == tier_id:
+            return False, previous
+        self._set(self.tiers, member_id, tier_id)
+        self._set(self.dirty_members, member_id, True)
+        return True, previous
+
+    async def add_award(self, *, event_id: str, program_id: str, member_id: str, kind: str,
+                        points: int, reason: str, occurred_at: datetime) -> None:
+        self._set(self.member_awards, member_id,
+                  (*self.member_awards.get(member_id, ()), (occurred_at, points)))
+        self.writes.awards.append((event_id, program_id, member_id, kind, points, reason,
+                                   occurred_at))
+
+    async def order(self, program_id: str, order_id: str) -> Order | None:
+        return self.orders.get((program_id, order_id))
+
+    async def add_return(self, *, event_id: str, program_id: str, order_id: str,
+                         amount: Decimal, points: int, occurred_at: datetime) -> None:
+        key = (program_id, order_id)
+        order = self.orders[key]
+        self._set(self.orders, key, replace(
+            order, returned_amount=order.returned_amount + amount,
+            points_reversed=order.points_reversed + points))
+        self._set(self.dirty_orders, key, True)
+        self.writes.returns.append((event_id, program_id, order_id, amount, points,
+                                    occurred_at))
+
+    async def add_order(self, *, program_id: str, order_id: str, event_id: str, member_id: str,
+                        program_version: int, channel: str, currency: str, total: Decimal,
+                        points: int, breakdown: list[dict[str, Any]],
+                        occurred_at: datetime) -> str | None:
+        key = (program_id, order_id)
+        if key in self.orders:
+            return self.orders[key].event_id
+        self._set(self.orders, key, Order(member_id, event_id, program_version, total, points,
+                                          Decimal(0), 0))
+        self._set(self.order_at, key, occurred_at)
+        self._set(self.order_rows, key, {"channel": channel, "currency": currency,
+                                         "breakdown": breakdown})
+        self._set(self.member_orders, member_id, (*self.member_orders.get(member_id, ()), key))
+        self.writes.orders.append(key)
+        return None
+
+    async def skip(self, *, event_id: str, program_id: str, reason_code: str, reason: str,
+                   occurred_at: datetime) -> None:
+        self.writes.skipped.append((event_id, program_id, reason_code, reason, occurred_at))
+
+    # Writing ---------------------------------------------------------------------------------
+
+    async def flush(self, conn: asyncpg.Connection) -> None:
+        w = self.writes
+        if w.members:  # as they are at the end of the batch
+            await conn.executemany(
+                "INSERT INTO members (member_id, program_id, locale, preferred_channel, phone,"
+                " email, tier_id, enrolled_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                [(m.member_id, m.program_id, m.locale, m.preferred_channel, m.phone, m.email,
+                  self.tiers.get(m.member_id), at)
+                 for m, at in ((self.members[n.member_id], at) for n, at in w.members)])
+        if w.identifiers:
+            await conn.executemany(
+                "INSERT INTO identifiers (program_id, kind, value, member_id, linked_at)"
+                " VALUES ($1, $2, $3, $4, $5)", w.identifiers)
+        new_members = {m.member_id for m, _ in w.members}
+        dirty = [m for m in self.dirty_members if m not in new_members]
+        if dirty:
+            await conn.executemany(
+                "UPDATE members SET phone = $2, email = $3, tier_id = $4 WHERE member_id = $1",
+                [(m, self.members[m].phone, self.members[m].email, self.tiers.get(m))
+                 for m in dirty])
+        if w.orders:
+            await conn.executemany(
+                "INSERT INTO orders (program_id, order_id, event_id, member_id, program_version,"
+                " channel, currency, total, points, breakdown, returned_amount,"
+                " points_reversed, occurred_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                [(p, o, order.event_id, order.member_id, order.program_version,
+                  row["channel"], row["currency"], order.total, order.points, row["breakdown"],
+                  order.returned_amount, order.points_reversed, self.order_at[(p, o)])
+                 for (p, o) in w.orders
+                 for order, row in [(self.orders[(p, o)], self.order_rows[(p, o)])]])
+        new_orders = set(w.orders)
+        existing = [k for k in self.dirty_orders if k not in new_orders]
+        if existing:
+            await conn.executemany(
+                "UPDATE orders SET returned_amount = $3, points_reversed = $4"
+                " WHERE program_id = $1 AND order_id = $2",
+                [(p, o, self.orders[(p, o)].returned_amount, self.orders[(p, o)].points_reversed)
+                 for p, o in existing])
+        if w.returns:
+            await conn.executemany(
+                "INSERT INTO returns (event_id, program_id, order_id, amount, points,"
+                " occurred_at) VALUES ($1, $2, $3, $4, $5, $6)", w.returns)
+        if w.awards:
+            await conn.executemany(
+                "INSERT INTO awards (event_id, program_id, member_id, kind, points, reason,"
+                " occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7)", w.awards)
+        if w.skipped:
+            await conn.executemany(
+                "INSERT INTO skipped (event_id, program_id, reason_code, reason, occurred_at)"
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING", w.skipped)
