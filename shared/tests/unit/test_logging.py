@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import structlog
@@ -47,3 +48,18 @@ def test_log_lines_are_json_with_correlation_and_no_secrets(json_logs, capsys) -
     assert line["code"] == "***" and line["to"] == "***"
     assert line["note"] == "sent to j***@example.com"
     assert "37060000001" not in json.dumps(line) and "GIFT-ABCD" not in json.dumps(line)
+
+
+def test_tracebacks_are_masked_too(json_logs, capsys) -> None:
+    log = structlog.get_logger("probe")
+    try:
+        raise ValueError("Key (kind, value)=(phone, +37060000001) already exists")
+    except ValueError:
+        log.exception("batch.failed")
+    try:
+        raise ValueError("duplicate e-mail jonas@example.com")
+    except ValueError:
+        logging.getLogger("asyncpg.probe").exception("from the standard library")
+    err = capsys.readouterr().err
+    assert "+3706*****01" in err and "j***@example.com" in err
+    assert "37060000001" not in err and "jonas@example.com" not in err
