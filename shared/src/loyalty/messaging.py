@@ -323,7 +323,7 @@ class BatchConsumer(Generic[T]):
     def _reject(self, outbox: Outbox, record: ConsumerRecord, rej: Rejected,
                 outcome: _Outcome) -> None:
         log.warning("message.rejected", topic=record.topic, partition=record.partition,
-                    offset=record.offset, code=rej.code, error=rej.message)
+                    offset=record.offset, error_code=rej.code, error=rej.message)
         dead_letter(outbox, record, rej.code, rej.message)
         outcome.dead_letters.append(rej.code)
 

@@ -277,7 +277,7 @@ async def _skip(repo: BatchEarnRepository, event: PurchaseEvent | ActivityEvent,
     await repo.skip(event_id=event.event_id, program_id=event.program_id, reason_code=code,
                     reason=reason, occurred_at=event.occurred_at)
     metrics.BUSINESS_EVENTS.labels("earn", f"skipped_{code}").inc()
-    log.info("purchase.skipped", event_id=event.event_id, code=code)
+    log.info("purchase.skipped", event_id=event.event_id, reason_code=code)
 
 
 async def notify_movements(repo: EarnRepository, events: list[LedgerEvent],
