@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 from loyalty import topics
+from loyalty.contracts import LedgerEvent, Notification
 from loyalty.testing import Api, Kafka, purchase_event, unique, unique_phone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -52,6 +53,8 @@ async def test_purchase_credits_points_and_sends_an_sms(platform, kafka_client: 
     [sms] = await kafka_client.wait_for(
         topics.NOTIFICATIONS_SMS, lambda r: json.loads(r.value)["to"] == phone)
     message = json.loads(sms.value)
+    Notification.model_validate(message)  # the contract's shape
+    assert "subject" not in message  # e-mail only
     assert message["template"] == "points_earned"
     assert message["channel"] == "sms" and message["locale"] == "lt"
     assert message["member_id"] == view["member_id"]
@@ -60,7 +63,9 @@ async def test_purchase_credits_points_and_sends_an_sms(platform, kafka_client: 
     [credited] = await kafka_client.wait_for(
         topics.LEDGER, lambda r: json.loads(r.value)["member_id"] == view["member_id"])
     ledger_event = json.loads(credited.value)
+    LedgerEvent.model_validate(ledger_event)
     assert ledger_event["type"] == "points.credited"
+    assert ledger_event["expires_at"] == view["expiring"][0]["expires_at"]
     assert ledger_event["source"] == {"kind": "purchase", "id": event["order_id"]}
     assert ledger_event["balance_after"] == 124
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -228,10 +227,6 @@ class Infrastructure:
     postgres: EmbeddedPostgres | None = None
     broker: TansuBroker | None = None
 
-    @property
-    def embedded_broker(self) -> bool:
-        return self.broker is not None
-
     def stop(self) -> None:
         if self.broker is not None:
             self.broker.stop()
@@ -269,7 +264,3 @@ def _redact_dsn(dsn: str) -> str:
     scheme, rest = dsn.split("://", 1)
     creds, host = rest.rsplit("@", 1)
     return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
-
-
-def remove_data_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -108,13 +108,6 @@ async def lag_of(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
     return lag
 
 
-async def total_lag(broker: KafkaBroker) -> int:
-    total = 0
-    for consumer in consumers_of(broker):
-        total += sum((await lag_of(consumer)).values())
-    return total
-
-
 async def report_lag(broker: KafkaBroker, service: str) -> None:
     """Keep the `loyalty_consumer_lag` gauge current (the admin API of Tansu cannot do it)."""
     while True:
