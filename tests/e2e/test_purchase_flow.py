@@ -159,18 +159,29 @@ async def test_kill_9_of_the_ledger_mid_stream_loses_and_doubles_nothing(
     assert credited == len(events)
 
 
-async def test_metrics_show_the_flow(platform, api_token) -> None:
-    for name in ("earn", "ledger"):
-        status, text = await Api(platform.services[name].url, api_token).get("/metrics",
-                                                                            token=None)
-        assert status == 200
-        for metric in ("loyalty_messages_consumed_total", "loyalty_messages_produced_total",
-                       "loyalty_handler_seconds_bucket", "loyalty_outbox_backlog"):
-            assert f"{metric}{{" in text, f"{name} lacks {metric}"
-    _, earn_text = await Api(platform.services["earn"].url, api_token).get("/metrics",
-                                                                           token=None)
-    assert "loyalty_dead_letters_total{" in earn_text
-    assert 'code="malformed_json"' in earn_text
+async def test_metrics_show_the_flow(platform, api_token, kafka_client: Kafka) -> None:
+    await kafka_client.publish(topics.PURCHASES, b"not json", key=unique("A"))
+    event = purchase(unique_phone(), "1.00")
+    await kafka_client.publish(topics.PURCHASES, event, key=event["order_id"])
+
+    async def metrics_of(name: str, *wanted: str) -> str:
+        api = Api(platform.services[name].url, api_token)
+        deadline = asyncio.get_running_loop().time() + 30  # the lag and liability are sampled
+        while True:
+            status, text = await api.get("/metrics", token=None)
+            missing = [w for w in wanted if w not in text]
+            if status == 200 and not missing:
+                return text
+            assert asyncio.get_running_loop().time() < deadline, f"{name} lacks {missing}"
+            await asyncio.sleep(0.5)
+
+    flow = [f"{m}{{" for m in ("loyalty_messages_consumed_total",
+                               "loyalty_messages_produced_total",
+                               "loyalty_handler_seconds_bucket", "loyalty_outbox_backlog",
+                               "loyalty_consumer_lag")]
+    await metrics_of("earn", *flow, "loyalty_dead_letters_total{", 'code="malformed_json"')
+    await metrics_of("ledger", *flow,
+                     'loyalty_points_outstanding{program_id="coffee-club"}')
 
 
 async def test_a_broker_outage_mid_stream_loses_and_doubles_nothing(

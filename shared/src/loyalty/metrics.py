@@ -46,6 +46,9 @@ DB_POOL_IN_USE = Gauge(
 DB_POOL_SIZE = Gauge(
     "loyalty_db_pool_connections", "Database connections open in the pool.",
     ["service"], registry=REGISTRY)
+POINTS_OUTSTANDING = Gauge(
+    "loyalty_points_outstanding", "Members' points not yet spent or expired (the liability).",
+    ["program_id"], registry=REGISTRY)
 BUSINESS_EVENTS = Counter(
     "loyalty_business_events_total", "Business outcomes worth a dashboard panel.",
     ["service", "event"], registry=REGISTRY)

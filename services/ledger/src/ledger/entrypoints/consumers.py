@@ -10,7 +10,7 @@ from pydantic import TypeAdapter
 
 from ledger import handlers
 from ledger.adapters.postgres import LedgerRepository
-from loyalty import topics
+from loyalty import metrics, topics
 from loyalty.contracts import MemberEvent
 from loyalty.ledger_commands import AnyCommand, LedgerCommand
 from loyalty.messaging import Envelope, Outbox, decoder
@@ -19,6 +19,7 @@ from loyalty.service import Runtime
 log = structlog.get_logger(__name__)
 
 HOLD_SWEEP_INTERVAL_S = 1.0
+LIABILITY_INTERVAL_S = 10.0
 
 
 decode_command = decoder(TypeAdapter(LedgerCommand), id_field="command_id")
@@ -52,6 +53,19 @@ def wire(runtime: Runtime) -> None:
                 log.exception("holds.sweep_failed")
             await asyncio.sleep(HOLD_SWEEP_INTERVAL_S)
 
+    async def report_liability() -> None:
+        while True:
+            try:
+                for row in await runtime.pool.fetch(
+                        "SELECT program_id, sum(balance) AS points FROM accounts"
+                        " WHERE kind = 'member' GROUP BY program_id"):
+                    metrics.POINTS_OUTSTANDING.labels(row["program_id"]).set(row["points"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("liability.report_failed", error=str(exc))
+            await asyncio.sleep(LIABILITY_INTERVAL_S)
+
     runtime.consume(topics.LEDGER_COMMANDS, decode_command, handle_batch=on_commands)
     runtime.consume(topics.MEMBERS, decoder(MemberEvent), on_member)
-    runtime.background.append(sweep_holds)
+    runtime.background.extend([sweep_holds, report_liability])
