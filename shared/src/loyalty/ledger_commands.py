@@ -6,8 +6,8 @@ schema lives here, once, for the producers and the ledger alike. Every command h
 conflict (dead-lettered).
 
 Refusal codes, in precedence order (the first that applies is reported):
-`unknown_hold`, `hold_not_active`, `hold_expired`, `unknown_command`,
-`reversal_exceeds_original`, `not_reversible`, `insufficient_points`.
+`unknown_hold`, `hold_not_active`, `hold_expired`, `unknown_command`, `not_reversible`,
+`reversal_exceeds_original`, `member_active`, `insufficient_points`.
 """
 
 from __future__ import annotations
@@ -93,11 +93,14 @@ class Expire(_Command):
     `watermark` is the instant of the newest movement the requester had seen: a lot only
     expires if it is due by `occurred_at`, and a spend after the watermark has already taken
     from these lots (soonest-expiring first), so only their remaining points go: the newer
-    spend wins. Held points are never expired."""
+    spend wins. With `inactivity`, any earning or spending after the watermark refuses the
+    whole expiry (`member_active`): the activity pushed the date out. Held points are never
+    expired."""
 
     type: Literal["expire"] = "expire"
     lots: Annotated[list[ExpireLot], Field(min_length=1, max_length=EXPIRE_LOTS_MAX)]
     watermark: Timestamp
+    inactivity: bool = False
 
 
 class Reverse(_Command):

@@ -31,13 +31,14 @@ class LedgerRepository:
             ["member"] * len(keys) + [k for _ in programs for k in PROGRAM_ACCOUNTS.values()])
         program_ids, member_ids = [p for p, _ in keys], [m for _, m in keys]
         rows = await self.conn.fetch(
-            "SELECT program_id, account_id, balance, reserved, owed FROM accounts"
-            " WHERE (program_id, account_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+            "SELECT program_id, account_id, balance, reserved, owed, last_activity_at"
+            " FROM accounts WHERE (program_id, account_id) IN"
+            " (SELECT * FROM unnest($1::text[], $2::text[]))"
             " ORDER BY program_id, account_id FOR UPDATE",
             program_ids, member_ids)
         books = {(r["program_id"], r["account_id"]): Book(
-            r["program_id"], r["account_id"], r["balance"], r["reserved"], r["owed"])
-            for r in rows}
+            r["program_id"], r["account_id"], r["balance"], r["reserved"], r["owed"],
+            last_activity_at=r["last_activity_at"]) for r in rows}
         for r in await self.conn.fetch(
                 "SELECT lot_id, program_id, member_id, points, remaining, earned_at, expires_at,"
                 " command_id FROM lots WHERE remaining > 0 AND (program_id, member_id) IN"
@@ -168,12 +169,13 @@ class LedgerRepository:
             books = list(changes.touched_books.values())
             await c.execute(
                 "UPDATE accounts SET balance = t.b, reserved = t.r, owed = t.o,"
-                " updated_at = now() FROM unnest($1::text[], $2::text[], $3::bigint[],"
-                " $4::bigint[], $5::bigint[]) AS t(p, m, b, r, o)"
+                " last_activity_at = t.a, updated_at = now() FROM unnest($1::text[],"
+                " $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::timestamptz[])"
+                " AS t(p, m, b, r, o, a)"
                 " WHERE accounts.program_id = t.p AND accounts.account_id = t.m",
                 [b.program_id for b in books], [b.member_id for b in books],
                 [b.balance for b in books], [b.reserved for b in books],
-                [b.owed for b in books])
+                [b.owed for b in books], [b.last_activity_at for b in books])
 
     async def save_identifiers(self, program_id: str, member_id: str,
                                identifiers: dict[str, str]) -> None:

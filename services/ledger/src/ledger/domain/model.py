@@ -32,6 +32,8 @@ from loyalty.ledger_commands import (
 ISSUED, REDEEMED, EXPIRED, ADJUSTED = "@issued", "@redeemed", "@expired", "@adjusted"
 PROGRAM_ACCOUNTS = {ISSUED: "issued", REDEEMED: "redeemed", EXPIRED: "expired",
                     ADJUSTED: "adjusted"}
+# Movements that count as the member's activity (earning or spending) for inactivity expiry.
+ACTIVITY = {"credit", "debit", "capture"}
 COUNTER_ACCOUNT = {"purchase": ISSUED, "return": ISSUED, "activity": ISSUED,
                    "adjustment": ADJUSTED, "redemption": REDEEMED, "expiry": EXPIRED,
                    "sunset": EXPIRED}
@@ -96,6 +98,7 @@ class Book:
     owed: int = 0
     lots: dict[int, Lot] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)
+    last_activity_at: datetime | None = None  # the newest earning or spending
 
     @property
     def available(self) -> int:
@@ -159,6 +162,9 @@ class Ledger:
         else:
             assert isinstance(command, Reverse)
             self._reverse(book, command, movements)
+        if command.type in ACTIVITY:
+            book.last_activity_at = max(filter(None, (book.last_activity_at,
+                                                      command.occurred_at)))
         self._touch(book)  # owed alone may have changed
 
     def time_out_holds(self, book: Book, now: datetime) -> None:
@@ -248,6 +254,9 @@ class Ledger:
         self._emit(book, c, "points.released", hold.points, hold_id=hold.hold_id)
 
     def _expire(self, book: Book, c: Expire, now: datetime) -> None:
+        if c.inactivity and book.last_activity_at and book.last_activity_at > c.watermark:
+            raise Refused("member_active", f"the member was active at "
+                          f"{book.last_activity_at.isoformat()}, after the watermark")
         budget = book.available  # held points are never expired
         moves: list[tuple[int, int]] = []
         for item in c.lots:
