@@ -201,7 +201,9 @@ class BatchConsumer(Generic[T]):
         while True:
             started = time.perf_counter()
             try:
-                outcome = await self._apply(records)
+                with metrics.staging() as counts:
+                    outcome = await self._apply(records)
+                    metrics.commit_counts(counts)
                 break
             except asyncio.CancelledError:
                 raise
@@ -252,11 +254,13 @@ class BatchConsumer(Generic[T]):
         if not envelopes:  # every record was a duplicate or could not be decoded
             return
         emitted = Outbox()
+        mark = metrics.counts_mark()
         try:
             async with conn.transaction():
                 refused = await self.handle_batch(conn, envelopes, emitted) or []
         except (asyncpg.IntegrityConstraintViolationError, Rejected):
             # A bug or a bad message, not an outage: find the culprit one message at a time.
+            metrics.rollback_counts(mark)
             log.exception("batch.constraint_violation", topic=self.topic,
                           records=len(envelopes))
             handle_batch = self.handle_batch
@@ -279,11 +283,13 @@ class BatchConsumer(Generic[T]):
         """Each message in a savepoint; `dead_letter` errors roll back only that message."""
         for env in envelopes:
             emitted = Outbox()
+            mark = metrics.counts_mark()
             with correlation(_header(env.record, "correlation_id") or env.message_id):
                 try:
                     async with conn.transaction():
                         await handle(conn, env, emitted)
                 except dead_letter as exc:
+                    metrics.rollback_counts(mark)
                     rej = exc if isinstance(exc, Rejected) else Rejected(
                         "constraint_violation", str(exc))
                     self._reject(outbox, env.record, rej, outcome)

@@ -5,6 +5,10 @@ One registry per process; labels carry the service so one dashboard serves all f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -52,6 +56,48 @@ POINTS_OUTSTANDING = Gauge(
 BUSINESS_EVENTS = Counter(
     "loyalty_business_events_total", "Business outcomes worth a dashboard panel.",
     ["service", "event"], registry=REGISTRY)
+
+
+# Business counts of the batch being applied: they count once the transaction commits, so a
+# retried batch or a refused record's rolled-back work is not counted.
+_staged: ContextVar[list[tuple[str, str]] | None] = ContextVar("staged_counts", default=None)
+
+
+def count(service: str, event: str) -> None:
+    """One business event (`loyalty_business_events_total`), staged inside a batch."""
+    staged = _staged.get()
+    if staged is None:
+        BUSINESS_EVENTS.labels(service, event).inc()
+    else:
+        staged.append((service, event))
+
+
+@contextmanager
+def staging() -> Iterator[list[tuple[str, str]]]:
+    """Stage the counts made inside; the caller calls `commit_counts` after its commit."""
+    token = _staged.set([])
+    try:
+        yield _staged.get()  # type: ignore[misc]
+    finally:
+        _staged.reset(token)
+
+
+def counts_mark() -> int:
+    staged = _staged.get()
+    return len(staged) if staged is not None else 0
+
+
+def rollback_counts(mark: int) -> None:
+    """Forget the counts staged since `mark` (a record that was rolled back)."""
+    staged = _staged.get()
+    if staged is not None:
+        del staged[mark:]
+
+
+def commit_counts(staged: list[tuple[str, str]]) -> None:
+    for service, event in staged:
+        BUSINESS_EVENTS.labels(service, event).inc()
+    staged.clear()
 
 
 def render() -> bytes:

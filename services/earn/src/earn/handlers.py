@@ -89,11 +89,11 @@ async def identify(repo: BatchEarnRepository, deps: Deps, program: ProgramDefini
         await repo.add_member(member, occurred_at)
         await repo.link(program.id, member.member_id, wanted, now)
         _member_event(outbox, "member.enrolled", program.id, member.member_id, wanted, occurred_at)
-        metrics.BUSINESS_EVENTS.labels("earn", "member_enrolled").inc()
+        metrics.count("earn", "member_enrolled")
         return member
     member_id = owners[0]
     if len(set(owners)) > 1:
-        metrics.BUSINESS_EVENTS.labels("earn", "identifier_conflict").inc()
+        metrics.count("earn", "identifier_conflict")
         log.warning("member.identifier_conflict", program_id=program.id, chosen=member_id,
                     others=sorted(set(owners) - {member_id}))
     member = next(known[i] for i in wanted if i in known)
@@ -171,7 +171,7 @@ def _credit(outbox: Outbox, program: ProgramDefinition, member_id: str, command_
         source={"kind": kind, "id": source_id},
         expires_at=expires_at_for(program.expiry, program.time_zone, occurred_at))
     outbox.add(topics.LEDGER_COMMANDS, member_id, credit.model_dump(mode="json"))
-    metrics.BUSINESS_EVENTS.labels("earn", f"points_awarded_{kind}").inc()
+    metrics.count("earn", f"points_awarded_{kind}")
 
 
 async def _update_tier(repo: BatchEarnRepository, program: ProgramDefinition, member_id: str,
@@ -190,7 +190,7 @@ async def _update_tier(repo: BatchEarnRepository, program: ProgramDefinition, me
         "tier": tier.id, "previous_tier": previous,
         "points_last_12_months": points_last_12_months,
     })
-    metrics.BUSINESS_EVENTS.labels("earn", "tier_changed").inc()
+    metrics.count("earn", "tier_changed")
 
 
 async def purchase_returned(repo: BatchEarnRepository, event: PurchaseEvent,
@@ -221,7 +221,7 @@ async def purchase_returned(repo: BatchEarnRepository, event: PurchaseEvent,
                f"{points} of {order.points} points",
         source={"kind": "return", "id": event.order_id})
     outbox.add(topics.LEDGER_COMMANDS, order.member_id, reverse.model_dump(mode="json"))
-    metrics.BUSINESS_EVENTS.labels("earn", "points_returned").inc()
+    metrics.count("earn", "points_returned")
 
 
 async def activity_completed(repo: BatchEarnRepository, deps: Deps, event: ActivityEvent,
@@ -269,14 +269,14 @@ async def points_adjusted(repo: BatchEarnRepository, deps: Deps, event: Adjustme
                   points=-event.points, allow_owed=True, reason=reason,
                   source={"kind": "adjustment", "id": event.event_id})
     outbox.add(topics.LEDGER_COMMANDS, member.member_id, debit.model_dump(mode="json"))
-    metrics.BUSINESS_EVENTS.labels("earn", "points_adjusted_down").inc()
+    metrics.count("earn", "points_adjusted_down")
 
 
 async def _skip(repo: BatchEarnRepository, event: PurchaseEvent | ActivityEvent, code: str,
                 reason: str) -> None:
     await repo.skip(event_id=event.event_id, program_id=event.program_id, reason_code=code,
                     reason=reason, occurred_at=event.occurred_at)
-    metrics.BUSINESS_EVENTS.labels("earn", f"skipped_{code}").inc()
+    metrics.count("earn", f"skipped_{code}")
     log.info("purchase.skipped", event_id=event.event_id, reason_code=code)
 
 

@@ -41,7 +41,7 @@ async def apply_commands(repo: LedgerRepository, commands: list[AnyCommand], now
             ledger.apply(book, command, now, movements)
         except Refused as refusal:
             changes.events.append(rejection_event(command, book, refusal))
-            metrics.BUSINESS_EVENTS.labels("ledger", f"rejected_{refusal.code}").inc()
+            metrics.count("ledger", f"rejected_{refusal.code}")
             continue
         for movement in changes.new_movements[applied:]:
             movements[movement.command_id] = movement

@@ -10,7 +10,7 @@ import asyncpg
 from earn import handlers
 from earn.adapters.batch import BatchEarnRepository
 from earn.adapters.postgres import EarnRepository
-from loyalty import topics
+from loyalty import metrics, topics
 from loyalty.contracts import ActivityEvent, AdjustmentEvent, LedgerEvent, PurchaseEvent
 from loyalty.identifiers import InvalidIdentifier, normalise_customer
 from loyalty.logging import correlation
@@ -54,11 +54,13 @@ def batched(apply: Callable[[BatchEarnRepository, Any, Outbox], Awaitable[None]]
         for env in envs:
             emitted = Outbox()
             repo.begin()
+            mark = metrics.counts_mark()
             with correlation(env.message_id):
                 try:
                     await apply(repo, env.message, emitted)
                 except Rejected as rej:
                     repo.rollback()
+                    metrics.rollback_counts(mark)
                     refused.append((env, rej))
                     continue
             outbox.rows.extend(emitted.rows)
