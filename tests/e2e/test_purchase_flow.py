@@ -38,6 +38,17 @@ async def balance_of(ledger: Api, phone: str) -> int | None:
     return body["balance"] if status == 200 else None
 
 
+async def expect_balances(ledger: Api, expected: dict[str, int], timeout_s: float = 90) -> None:
+    """Each phone's member reaches its balance; a moment later (long enough for a double
+    credit to land) it is still exactly that."""
+    for phone, points in expected.items():
+        await ledger.wait_until(f"/v1/programs/{PROGRAM}/members/phone:{phone}",
+                                lambda b, p=points: b["balance"] >= p, timeout_s=timeout_s)
+    await asyncio.sleep(1.0)
+    for phone, points in expected.items():
+        assert await balance_of(ledger, phone) == points, phone
+
+
 async def test_purchase_credits_points_and_sends_an_sms(platform, kafka_client: Kafka,
                                                         ledger: Api) -> None:
     phone = unique_phone()
@@ -137,12 +148,7 @@ async def test_kill_9_of_the_ledger_mid_stream_loses_and_doubles_nothing(
     platform.start("ledger")
     await platform.wait_ready("ledger")
 
-    for phone, points in expected.items():
-        await ledger.wait_until(f"/v1/programs/{PROGRAM}/members/phone:{phone}",
-                                lambda b, p=points: b["balance"] >= p, timeout_s=60)
-    await asyncio.sleep(1.0)  # anything extra (a double credit) would have landed by now
-    for phone, points in expected.items():
-        assert await balance_of(ledger, phone) == points
+    await expect_balances(ledger, expected)
 
     conn = await asyncpg.connect(infra.pg_dsn)
     try:
@@ -200,12 +206,7 @@ async def test_a_broker_outage_mid_stream_loses_and_doubles_nothing(
         infra.broker.proc.send_signal(signal.SIGCONT)
     await kafka_client.publish_many(topics.PURCHASES, [(e["order_id"], e) for e in events[100:]])
 
-    for phone in phones:
-        await ledger.wait_until(f"/v1/programs/{PROGRAM}/members/phone:{phone}",
-                                lambda b: b["balance"] >= 100, timeout_s=90)
-    await asyncio.sleep(1.0)
-    for phone in phones:
-        assert await balance_of(ledger, phone) == 100  # 10 purchases of 10 points each
+    await expect_balances(ledger, dict.fromkeys(phones, 100))  # 10 purchases of 10 points
 
 
 async def test_kill_9_of_earn_mid_stream_loses_and_doubles_nothing(
@@ -219,12 +220,7 @@ async def test_kill_9_of_earn_mid_stream_loses_and_doubles_nothing(
     platform.start("earn")
     await platform.wait_ready("earn")
 
-    for phone in phones:
-        await ledger.wait_until(f"/v1/programs/{PROGRAM}/members/phone:{phone}",
-                                lambda b: b["balance"] >= 100, timeout_s=90)
-    await asyncio.sleep(1.0)
-    for phone in phones:
-        assert await balance_of(ledger, phone) == 100  # 10 purchases of 10 points each
+    await expect_balances(ledger, dict.fromkeys(phones, 100))  # 10 purchases of 10 points
 
 
 async def test_a_database_restart_mid_stream_loses_and_doubles_nothing(
@@ -241,9 +237,4 @@ async def test_a_database_restart_mid_stream_loses_and_doubles_nothing(
     await asyncio.sleep(2)
     await asyncio.to_thread(infra.postgres.start)
 
-    for phone in phones:
-        await ledger.wait_until(f"/v1/programs/{PROGRAM}/members/phone:{phone}",
-                                lambda b: b["balance"] >= 100, timeout_s=90)
-    await asyncio.sleep(1.0)
-    for phone in phones:
-        assert await balance_of(ledger, phone) == 100
+    await expect_balances(ledger, dict.fromkeys(phones, 100))
