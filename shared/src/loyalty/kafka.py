@@ -24,6 +24,7 @@ from faststream.kafka.annotations import KafkaMessage
 
 from loyalty import metrics
 from loyalty.messaging import BatchConsumer
+from loyalty.periodic import every
 from loyalty.topics import TopicSpec, all_topics
 
 log = structlog.get_logger(__name__)
@@ -110,12 +111,14 @@ async def lag_of(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
 
 async def report_lag(broker: KafkaBroker, service: str) -> None:
     """Keep the `loyalty_consumer_lag` gauge current (the admin API of Tansu cannot do it)."""
-    while True:
+
+    async def sample() -> None:
         for consumer in consumers_of(broker):
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # one rebalancing consumer spoils no other
                 for tp, lag in (await lag_of(consumer)).items():
                     metrics.CONSUMER_LAG.labels(service, tp.topic, str(tp.partition)).set(lag)
-        await asyncio.sleep(LAG_INTERVAL_S)
+
+    await every(LAG_INTERVAL_S, sample, "consumer_lag")
 
 
 def is_assigned(broker: KafkaBroker) -> bool:

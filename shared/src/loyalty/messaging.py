@@ -35,6 +35,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from loyalty import metrics
 from loyalty.logging import correlation, current_correlation_id
+from loyalty.periodic import every
 from loyalty.topics import dlq
 
 log = structlog.get_logger(__name__)
@@ -43,6 +44,7 @@ T = TypeVar("T")
 
 ERROR_MESSAGE_LEN_MAX = 500
 RETRY_BACKOFF_START_S = 0.05
+STATS_INTERVAL_S = 1.0
 
 
 class Rejected(Exception):
@@ -364,7 +366,9 @@ class OutboxRelay:
             linger_ms=2, client_id=f"loyalty-{self.service}-relay")
         await self.producer.start()
         self._task = asyncio.create_task(self._run(), name=f"{self.service}-outbox-relay")
-        self._stats_task = asyncio.create_task(self._stats(), name=f"{self.service}-outbox-stats")
+        self._stats_task = asyncio.create_task(
+            every(STATS_INTERVAL_S, self._stats, "outbox_stats"),
+            name=f"{self.service}-outbox-stats")
 
     def notify(self) -> None:
         self.wakeup.set()
@@ -439,19 +443,12 @@ class OutboxRelay:
         return len(rows)
 
     async def _stats(self) -> None:
-        while True:
-            try:
-                row = await self.pool.fetchrow(
-                    "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age"
-                    " FROM outbox")
-                self.backlog = row["n"]
-                metrics.OUTBOX_BACKLOG.labels(self.service).set(row["n"])
-                metrics.OUTBOX_OLDEST_AGE_SECONDS.labels(self.service).set(float(row["age"] or 0))
-                metrics.DB_POOL_SIZE.labels(self.service).set(self.pool.get_size())
-                metrics.DB_POOL_IN_USE.labels(self.service).set(
-                    self.pool.get_size() - self.pool.get_idle_size())
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("outbox.stats_failed", error=str(exc))
-            await asyncio.sleep(1.0)
+        row = await self.pool.fetchrow(
+            "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age"
+            " FROM outbox")
+        self.backlog = row["n"]
+        metrics.OUTBOX_BACKLOG.labels(self.service).set(row["n"])
+        metrics.OUTBOX_OLDEST_AGE_SECONDS.labels(self.service).set(float(row["age"] or 0))
+        metrics.DB_POOL_SIZE.labels(self.service).set(self.pool.get_size())
+        metrics.DB_POOL_IN_USE.labels(self.service).set(
+            self.pool.get_size() - self.pool.get_idle_size())

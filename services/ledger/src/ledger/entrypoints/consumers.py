@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
-import structlog
 from pydantic import TypeAdapter
 
 from ledger import handlers
@@ -14,9 +11,8 @@ from loyalty import metrics, topics
 from loyalty.contracts import MemberEvent
 from loyalty.ledger_commands import AnyCommand, LedgerCommand
 from loyalty.messaging import Envelope, Outbox, decoder
+from loyalty.periodic import every
 from loyalty.service import Runtime
-
-log = structlog.get_logger(__name__)
 
 HOLD_SWEEP_INTERVAL_S = 1.0
 LIABILITY_INTERVAL_S = 10.0
@@ -38,34 +34,22 @@ def wire(runtime: Runtime) -> None:
                                       runtime.clock.now(), outbox)
 
     async def sweep_holds() -> None:
-        while True:
-            try:
-                async with runtime.pool.acquire() as conn, conn.transaction():
-                    outbox = Outbox()
-                    released = await handlers.time_out_holds(
-                        LedgerRepository(conn), runtime.clock.now(), outbox)
-                    await outbox.flush(conn)
-                if released:
-                    runtime.relay.notify()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("holds.sweep_failed")
-            await asyncio.sleep(HOLD_SWEEP_INTERVAL_S)
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            outbox = Outbox()
+            released = await handlers.time_out_holds(
+                LedgerRepository(conn), runtime.clock.now(), outbox)
+            await outbox.flush(conn)
+        if released:
+            runtime.relay.notify()
 
     async def report_liability() -> None:
-        while True:
-            try:
-                for row in await runtime.pool.fetch(
-                        "SELECT program_id, sum(balance) AS points FROM accounts"
-                        " WHERE kind = 'member' GROUP BY program_id"):
-                    metrics.POINTS_OUTSTANDING.labels(row["program_id"]).set(row["points"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("liability.report_failed", error=str(exc))
-            await asyncio.sleep(LIABILITY_INTERVAL_S)
+        for row in await runtime.pool.fetch(
+                "SELECT program_id, sum(balance) AS points FROM accounts"
+                " WHERE kind = 'member' GROUP BY program_id"):
+            metrics.POINTS_OUTSTANDING.labels(row["program_id"]).set(row["points"])
 
     runtime.consume(topics.LEDGER_COMMANDS, decode_command, handle_batch=on_commands)
     runtime.consume(topics.MEMBERS, decoder(MemberEvent), on_member)
-    runtime.background.extend([sweep_holds, report_liability])
+    runtime.background.extend([
+        lambda: every(HOLD_SWEEP_INTERVAL_S, sweep_holds, "holds_sweep"),
+        lambda: every(LIABILITY_INTERVAL_S, report_liability, "liability")])
