@@ -8,14 +8,21 @@ Credits confirmed by the ledger become `points_earned` notifications.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import structlog
 
 from earn.adapters.batch import BatchEarnRepository
 from earn.adapters.postgres import EarnRepository, Member
-from earn.domain.rules import Line, Purchase, activity_points, compute_points, return_points
+from earn.domain.rules import (
+    TIER_WINDOW,
+    Line,
+    Purchase,
+    activity_points,
+    compute_points,
+    return_points,
+)
 from loyalty import metrics, topics
 from loyalty.clock import Clock, IdProvider, stable_id
 from loyalty.contracts import ActivityEvent, AdjustmentEvent, LedgerEvent, PurchaseEvent
@@ -28,7 +35,6 @@ from loyalty.programs import ProgramDefinition
 
 log = structlog.get_logger(__name__)
 
-TIER_WINDOW = timedelta(days=365)
 # Which confirmed ledger movements earn tells the member about, and with which template.
 NOTIFY_TEMPLATES = {
     ("purchase", "points.credited"): "points_earned",

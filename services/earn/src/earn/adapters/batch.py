@@ -12,16 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
 from earn.adapters.postgres import Member, Order, parsed_program
+from earn.domain.rules import TIER_WINDOW
 from loyalty.programs import ProgramDefinition
 
-TIER_WINDOW = timedelta(days=365)
 _MISSING = object()
 
 

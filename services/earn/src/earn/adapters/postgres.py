@@ -59,10 +59,7 @@ class EarnRepository:
             "SELECT version FROM programs WHERE program_id = $1", program_id)
         if version is None:
             return None
-        return version, await self.program_version(program_id, version)
-
-    async def program_version(self, program_id: str, version: int) -> ProgramDefinition:
-        return await parsed_program(self.conn, program_id, version)
+        return version, await parsed_program(self.conn, program_id, version)
 
     async def apply_program(self, program: ProgramDefinition) -> int | None:
         """Store a new version if the definition changed; return it (None: unchanged)."""

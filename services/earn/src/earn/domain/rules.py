@@ -24,13 +24,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
 from loyalty.programs import ProgramDefinition
 
 CHANNELS = ("pos", "ecommerce")
+# Tiers count the points earned in this window before each earning.
+TIER_WINDOW = timedelta(days=365)
 _TIMES = "\N{MULTIPLICATION SIGN}"
 
 
