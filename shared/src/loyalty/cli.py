@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import secrets
@@ -30,6 +31,7 @@ from loyalty.programs import ProgramDefinition, ProgramFileError, load_programs_
 DEMO_PROGRAMS = Path(__file__).resolve().parents[3] / "programs" / "demo.yaml"
 APPLY_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 120.0
+SERVICE_COMMANDS = ("expiry.cli", "rewards.cli")
 
 
 def data_dir() -> Path:
@@ -226,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     apply = programs_sub.add_parser("apply", help="validate and publish a program YAML file")
     apply.add_argument("file")
     apply.set_defaults(func=cmd_programs_apply)
+
+    # The services' own operator commands (`loyalty expiry ...`, `loyalty rewards ...`), from
+    # their packages: the workspace installs them beside this library.
+    for module in SERVICE_COMMANDS:
+        importlib.import_module(module).register(sub)
 
     audit = sub.add_parser("audit", help="check the ledger invariants (exit 1 if broken)")
     audit.set_defaults(func=cmd_audit)

@@ -23,6 +23,7 @@ from pydantic import (
 ID_LEN_MAX = 200
 TEXT_LEN_MAX = 500
 ITEMS_MAX = 1000
+QUANTITY_MAX = 100
 
 
 def _utc(value: datetime) -> datetime:
@@ -165,6 +166,10 @@ class MemberEvent(_Message):
     program_id: Id
     member_id: Id
     identifiers: dict[str, str]
+    # Additions (docs/contract-additions.md): the member's language and preferred channel, so
+    # services that notify keep their own copy of the contact data from this topic.
+    locale: str | None = None
+    channel: Literal["sms", "email"] | None = None
 
 
 class Notification(_Message):
@@ -181,3 +186,55 @@ class Notification(_Message):
     body: str
     program_id: Id
     member_id: Id
+
+
+class Delivery(_Message):
+    channel: Literal["sms", "email"] | None = None
+
+
+class RedemptionRequested(_Message):
+    """`loyalty.redemptions.v1`: a member asks for a reward; the order id is `event_id`."""
+
+    event_id: Id
+    type: Literal["redemption.requested"]
+    occurred_at: Timestamp
+    program_id: Id
+    customer: Customer
+    reward_id: Id
+    quantity: Annotated[int, Field(ge=1, le=QUANTITY_MAX)] = 1
+    delivery: Delivery = Delivery()
+    locale: Annotated[str, Field(max_length=20)] | None = None
+
+
+class RedemptionCancelled(_Message):
+    """`loyalty.redemptions.v1`: cancel the order `order_id` (the request's `event_id`)."""
+
+    event_id: Id
+    type: Literal["redemption.cancelled"]
+    occurred_at: Timestamp
+    program_id: Id
+    order_id: Id
+    reason: Annotated[str, Field(min_length=1, max_length=TEXT_LEN_MAX)]
+
+
+RedemptionEvent = Annotated[RedemptionRequested | RedemptionCancelled,
+                            Field(discriminator="type")]
+
+OrderStatus = Literal["requested", "points_reserved", "fulfilled", "rejected", "failed",
+                      "cancelled"]
+
+
+class OrderStatusChanged(_Message):
+    """`loyalty.orders.v1`: every status change of a reward order. Never carries a code."""
+
+    event_id: Id
+    type: Literal["order.status_changed"]
+    occurred_at: Timestamp
+    program_id: Id
+    order_id: Id
+    member_id: Id | None
+    reward_id: Id
+    quantity: int
+    points: int
+    status: OrderStatus
+    reason: str | None = None

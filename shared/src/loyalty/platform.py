@@ -27,11 +27,18 @@ from loyalty.infra import free_port
 
 log = structlog.get_logger(__name__)
 
-# service name -> (python module, database schema/role suffix, default HTTP port)
+# service name -> (python module, database schema/role suffix, default HTTP port). A service's
+# environment variables are named after its schema: LOYALTY_<SCHEMA>_PG_DSN, ..._HTTP_PORT.
 SERVICES: dict[str, tuple[str, str, int]] = {
     "earn": ("earn", "earn", 8081),
     "ledger": ("ledger", "ledger", 8082),
+    "expiry-scheduler": ("expiry", "expiry", 8083),
+    "reward-fulfilment": ("rewards", "rewards", 8084),
 }
+
+
+def env_prefix(name: str) -> str:
+    return f"LOYALTY_{SERVICES[name][1].upper()}"
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 40.0
 
@@ -97,8 +104,8 @@ class Platform:
                 **os.environ,
                 "LOYALTY_KAFKA_BOOTSTRAP": self.bootstrap,
                 "LOYALTY_API_TOKEN": self.api_token,
-                f"LOYALTY_{name.upper()}_PG_DSN": dsn,
-                f"LOYALTY_{name.upper()}_HTTP_PORT": str(port),
+                f"{env_prefix(name)}_PG_DSN": dsn,
+                f"{env_prefix(name)}_HTTP_PORT": str(port),
             }
             env.pop("LOYALTY_PG_DSN", None)  # a service only ever sees its own role
             self.services[name] = ServiceProcess(name, port, env,
@@ -107,12 +114,12 @@ class Platform:
     def _port(self, name: str) -> int:
         if not self.fixed_ports:
             return free_port()
-        port = int(os.environ.get(f"LOYALTY_{name.upper()}_HTTP_PORT", SERVICES[name][2]))
+        port = int(os.environ.get(f"{env_prefix(name)}_HTTP_PORT", SERVICES[name][2]))
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 raise RuntimeError(
                     f"port {port} for {name} is taken (another `loyalty up`?); stop it or set "
-                    f"LOYALTY_{name.upper()}_HTTP_PORT")
+                    f"{env_prefix(name)}_HTTP_PORT")
         return port
 
     def add_replica(self, name: str) -> str:
@@ -120,7 +127,7 @@ class Platform:
         base = self.services[name]
         key = f"{name}#{sum(1 for s in self.services.values() if s.name == name) + 1}"
         port = free_port()
-        env = {**base.env, f"LOYALTY_{name.upper()}_HTTP_PORT": str(port)}
+        env = {**base.env, f"{env_prefix(name)}_HTTP_PORT": str(port)}
         self.services[key] = ServiceProcess(name, port, env,
                                             self.data_dir / "logs" / f"{key}.log")
         return key

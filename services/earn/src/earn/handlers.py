@@ -94,7 +94,7 @@ async def identify(repo: BatchEarnRepository, deps: Deps, program: ProgramDefini
                         phone=contact.get("phone"), email=contact.get("email"))
         await repo.add_member(member, occurred_at)
         await repo.link(program.id, member.member_id, wanted, now)
-        _member_event(outbox, "member.enrolled", program.id, member.member_id, wanted, occurred_at)
+        _member_event(outbox, "member.enrolled", member, wanted, occurred_at)
         metrics.count("earn", "member_enrolled")
         return member
     member_id = owners[0]
@@ -106,12 +106,15 @@ async def identify(repo: BatchEarnRepository, deps: Deps, program: ProgramDefini
     new = [i for i in wanted if i not in known]
     if new:
         await repo.link(program.id, member_id, new, now)
-        _member_event(outbox, "member.identifier_linked", program.id, member_id, new, occurred_at)
+        _member_event(outbox, "member.identifier_linked", member, new, occurred_at)
     return member
 
 
-def _member_event(outbox: Outbox, type_: str, program_id: str, member_id: str,
+def _member_event(outbox: Outbox, type_: str, member: Member,
                   identifiers: list[tuple[str, str]], occurred_at: Any) -> None:
+    """`member.enrolled` / `member.identifier_linked`, with the member's language and channel
+    so the services that notify (expiry-scheduler, reward-fulfilment) need no other source."""
+    program_id, member_id = member.program_id, member.member_id
     outbox.add(topics.MEMBERS, member_id, {
         "event_id": stable_id(type_, program_id, member_id, *(f"{k}:{v}" for k, v in identifiers)),
         "type": type_,
@@ -119,6 +122,8 @@ def _member_event(outbox: Outbox, type_: str, program_id: str, member_id: str,
         "program_id": program_id,
         "member_id": member_id,
         "identifiers": dict(identifiers),
+        "locale": member.locale,
+        "channel": member.preferred_channel,
     })
 
 

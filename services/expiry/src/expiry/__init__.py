@@ -1,0 +1,1 @@
+"""The expiry-scheduler service."""

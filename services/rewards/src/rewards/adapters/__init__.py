@@ -1,0 +1,1 @@
+"""adapters of reward-fulfilment."""

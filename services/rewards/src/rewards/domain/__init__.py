@@ -1,0 +1,1 @@
+"""domain of reward-fulfilment."""
