@@ -56,3 +56,41 @@ def test_an_inactivity_expiry_loses_to_newer_activity(watermark_days: int,
     else:
         led.apply(book, expire, due, {})
         assert book.balance == 200 - expired
+
+
+def expire(lot_ids: list[int], *, at: datetime, kind: str = "expiry",
+           inactivity: bool = False) -> Expire:
+    return Expire(command_id=f"x-{kind}", program_id="p", member_id="m", occurred_at=at,
+                  reason="expired", source={"kind": kind, "id": "x"},
+                  lots=[ExpireLot(lot_id=i, points=1000) for i in lot_ids], watermark=AT,
+                  inactivity=inactivity)
+
+
+@pytest.mark.parametrize(("kind", "inactivity", "expired"), [
+    ("expiry", False, 0),       # neither lot is due by its own expiry
+    ("expiry", True, 250),      # the member's inactivity deadline ends every lot
+    ("sunset", False, 250),     # the program's deadline ends every lot
+])
+def test_only_inactivity_and_sunset_expire_lots_that_are_not_due_themselves(
+        kind: str, inactivity: bool, expired: int) -> None:
+    book, led = Book("p", "m"), ledger()
+    led.apply(book, credit(1, 100, AT, None), AT, {})
+    led.apply(book, credit(2, 150, AT, AT + timedelta(days=365)), AT, {})
+    led.apply(book, expire([1, 2], at=AT + timedelta(days=30), kind=kind,
+                           inactivity=inactivity), AT, {})
+    assert book.balance == 250 - expired
+
+
+def test_movements_name_the_lots_they_create_and_take() -> None:
+    """The expiry scheduler keeps each lot's remaining points from these fields alone."""
+    book, led = Book("p", "m"), ledger()
+    led.apply(book, credit(1, 100, AT, AT + timedelta(days=30)), AT, {})
+    led.apply(book, credit(2, 100, AT, None), AT, {})
+    led.apply(book, Debit(command_id="d", program_id="p", member_id="m", occurred_at=AT,
+                          reason="reward", source={"kind": "redemption", "id": "R"},
+                          points=150), AT, {})
+    credited, _, debited = led.changes.events
+    assert (credited["lot_id"], credited["lot_points"]) == (1, 100)
+    assert debited["lots"] == [{"lot_id": 1, "points": 100}, {"lot_id": 2, "points": 50}]
+    led.apply(book, expire([1, 2], at=AT + timedelta(days=31)), AT, {})
+    assert led.changes.events[-1]["lots"] == []  # lot 1 is empty, lot 2 never expires

@@ -192,7 +192,7 @@ class Ledger:
         self._movement(book, c, "credit", c.points, counter, lot_id=lot_id)
         self._emit(book, c, "points.credited", c.points,
                    expires_at=c.expires_at.isoformat() if c.expires_at else None,
-                   owed_settled=settled)
+                   owed_settled=settled, lot_id=lot_id, lot_points=net if lot_id else 0)
 
     def _debit(self, book: Book, c: Debit, now: datetime) -> None:
         take = min(c.points, book.available)
@@ -206,7 +206,7 @@ class Ledger:
             self._entries(book, c, "points.debited", -take, counter)
         book.owed += owed
         self._movement(book, c, "debit", -take, counter, owed=owed, moves=moves)
-        self._emit(book, c, "points.debited", -take, owed=owed)
+        self._emit(book, c, "points.debited", -take, owed=owed, lots=_lot_list(moves))
 
     def _reserve(self, book: Book, c: Reserve, now: datetime) -> None:
         if c.points > book.available:
@@ -245,7 +245,7 @@ class Ledger:
         self._settle(book, hold, "captured", now, c.command_id)
         self._movement(book, c, "capture", -points, counter, moves=moves)
         self._emit(book, c, "points.captured", -points, hold_id=hold.hold_id,
-                   released=hold.points - points)
+                   released=hold.points - points, lots=_lot_list(moves))
 
     def _release(self, book: Book, c: Release, now: datetime) -> None:
         hold = self._active_hold(book, c.hold_id)
@@ -258,10 +258,13 @@ class Ledger:
             raise Refused("member_active", f"the member was active at "
                           f"{book.last_activity_at.isoformat()}, after the watermark")
         budget = book.available  # held points are never expired
+        # An inactivity expiry or a program's sunset ends every named lot, whatever its own
+        # expiry: the deadline is the member's (or the program's), not the lot's.
+        every_lot_due = c.inactivity or c.source.kind == "sunset"
         moves: list[tuple[int, int]] = []
         for item in c.lots:
             lot = book.lots.get(item.lot_id)
-            if lot is None or not is_due(lot.expires_at, c.occurred_at):
+            if lot is None or not (every_lot_due or is_due(lot.expires_at, c.occurred_at)):
                 continue
             already = sum(p for lot_id, p in moves if lot_id == lot.lot_id)
             take = min(item.points - already, lot.remaining, budget)
@@ -273,8 +276,7 @@ class Ledger:
         if total:
             self._entries(book, c, "points.expired", -total, EXPIRED)
         self._movement(book, c, "expire", -total, EXPIRED, moves=moves)
-        self._emit(book, c, "points.expired", -total,
-                   lots=[{"lot_id": lot_id, "points": p} for lot_id, p in moves])
+        self._emit(book, c, "points.expired", -total, lots=_lot_list(moves))
 
     def _reverse(self, book: Book, c: Reverse, movements: dict[str, Movement]) -> None:
         target = movements.get(c.target_id)
@@ -309,7 +311,8 @@ class Ledger:
             self._entries(book, c, "points.debited", -take, target.counter_account)
         book.owed += owed
         self._movement(book, c, "reverse", -take, target.counter_account, owed=owed, moves=moves)
-        self._emit(book, c, "points.debited", -take, owed=owed, reverses=target.command_id)
+        self._emit(book, c, "points.debited", -take, owed=owed, reverses=target.command_id,
+                   lots=_lot_list(moves))
 
     def _reverse_spend(self, book: Book, c: Reverse, target: Movement, points: int) -> None:
         """Give back the lots the target took, in the order it took them; beyond those, forgive
@@ -340,7 +343,8 @@ class Ledger:
         self._movement(book, c, "reverse", credited, target.counter_account, moves=moves,
                        lot_id=lot_id)
         self._emit(book, c, "points.credited", credited, reverses=target.command_id,
-                   owed_forgiven=forgiven)
+                   owed_forgiven=forgiven, lots=_lot_list(moves), lot_id=lot_id,
+                   lot_points=repaid if lot_id else 0)
 
     # Building blocks ----------------------------------------------------------------------
 
@@ -418,6 +422,12 @@ class Ledger:
             "source": {"kind": source_kind, "id": source_id},
             **extra,
         })
+
+
+def _lot_list(moves: list[tuple[int, int]]) -> list[dict[str, int]]:
+    """The lots a movement changed, as published: points taken from each (negative: given
+    back), so a follower (the expiry scheduler) can keep every lot's remaining points."""
+    return [{"lot_id": lot_id, "points": points} for lot_id, points in moves]
 
 
 def rejection_event(command: AnyCommand, book: Book, refusal: Refused) -> dict[str, Any]:
