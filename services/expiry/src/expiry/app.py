@@ -1,9 +1,11 @@
-"""Bootstrap: builds the expiry-scheduler service from settings (the one place that wires things)."""
+"""Bootstrap: builds the expiry-scheduler service from settings (the one place that wires)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from expiry.adapters.queries import ExpiryReads
+from expiry.entrypoints import consumers, http
 from expiry.settings import Settings
 from loyalty.service import Runtime, ServiceSpec
 
@@ -11,7 +13,8 @@ MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
 def wire(runtime: Runtime) -> None:
-    pass  # TODO(issue): subscribers, background jobs and routes
+    consumers.wire(runtime)
+    http.add_routes(runtime.app, ExpiryReads(runtime.pool), runtime.clock)
 
 
 def build(settings: Settings | None = None) -> ServiceSpec:
