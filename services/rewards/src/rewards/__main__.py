@@ -2,8 +2,8 @@
 
 import asyncio
 
-from rewards.app import build
 from loyalty.service import run_service
+from rewards.app import build
 
 if __name__ == "__main__":
     asyncio.run(run_service(build()))

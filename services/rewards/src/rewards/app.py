@@ -1,20 +1,31 @@
-"""Bootstrap: builds the reward-fulfilment service from settings (the one place that wires things)."""
+"""Bootstrap: builds the reward-fulfilment service from settings (the one place that wires)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from rewards.settings import Settings
 from loyalty.service import Runtime, ServiceSpec
+from rewards import handlers
+from rewards.adapters.postgres import RewardsReads
+from rewards.adapters.vault import CodeVault
+from rewards.entrypoints import consumers, http, jobs
+from rewards.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
-def wire(runtime: Runtime) -> None:
-    pass  # TODO(issue): subscribers, background jobs and routes
-
-
 def build(settings: Settings | None = None) -> ServiceSpec:
     settings = settings or Settings()
+    vault = CodeVault.from_settings()  # fails the start on a bad key, before consuming
+
+    def wire(runtime: Runtime) -> None:
+        deps = handlers.Deps(clock=runtime.clock, hold_timeout_s=settings.hold_timeout_s,
+                             step_timeout_s=settings.step_timeout_s,
+                             member_wait_s=settings.member_wait_s)
+        consumers.wire(runtime, deps)
+        http.add_routes(runtime.app, RewardsReads(runtime.pool))
+        delivery = jobs.Delivery(runtime, deps, vault, settings.delivery_batch_size_max)
+        runtime.background.extend([delivery.run, jobs.sweeper(runtime, deps)])
+
     return ServiceSpec(name="reward-fulfilment", schema="rewards", migrations_dir=MIGRATIONS,
                        settings=settings, http_port=settings.http_port, wire=wire)
