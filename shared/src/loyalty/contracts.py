@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
+from babel import Locale, UnknownLocaleError
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -24,6 +26,10 @@ ID_LEN_MAX = 200
 TEXT_LEN_MAX = 500
 ITEMS_MAX = 1000
 QUANTITY_MAX = 100
+# The most points one message may move (documented in docs/contract-additions.md): far above
+# any real balance, far below what the ledger's bigint columns hold even summed.
+POINTS_MAX = 1_000_000_000
+LOCALE_LEN_MAX = 20
 
 
 def _utc(value: datetime) -> datetime:
@@ -35,6 +41,21 @@ Timestamp = Annotated[AwareDatetime, AfterValidator(_utc),
 Id = Annotated[str, Field(min_length=1, max_length=ID_LEN_MAX)]
 Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4),
                   PlainSerializer(lambda v: str(v), return_type=str)]
+
+
+@lru_cache(maxsize=256)
+def _known_locale(tag: str) -> str:
+    """A language tag babel knows (`lt`, `lt-LT`, `pt_BR`); not one that does not exist."""
+    try:
+        Locale.parse(tag.replace("-", "_"))
+    except (ValueError, TypeError, UnknownLocaleError):
+        raise ValueError(f"unknown locale {tag!r}") from None
+    return tag
+
+
+LocaleTag = Annotated[str, Field(min_length=2, max_length=LOCALE_LEN_MAX,
+                                 pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$"),
+                      AfterValidator(_known_locale)]
 
 
 def _money_string(value: Any) -> Any:
@@ -91,7 +112,7 @@ class PurchaseEvent(_Message):
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
     total: Money
     items: Annotated[list[Item], Field(max_length=ITEMS_MAX)] = []
-    locale: Annotated[str, Field(max_length=20)] | None = None
+    locale: LocaleTag | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -110,7 +131,7 @@ class ActivityEvent(_Message):
     program_id: Id
     customer: Customer
     activity: Id
-    locale: Annotated[str, Field(max_length=20)] | None = None
+    locale: LocaleTag | None = None
 
 
 class AdjustmentEvent(_Message):
@@ -121,9 +142,15 @@ class AdjustmentEvent(_Message):
     occurred_at: Timestamp
     program_id: Id
     customer: Customer
-    points: int
+    points: Annotated[int, Field(strict=True, ge=-POINTS_MAX, le=POINTS_MAX)]
     reason: Annotated[str, Field(min_length=1, max_length=TEXT_LEN_MAX)]
     actor: Id
+
+    @model_validator(mode="after")
+    def _moves_points(self) -> AdjustmentEvent:
+        if self.points == 0:
+            raise ValueError("points must not be 0: an adjustment moves points")
+        return self
 
 
 class Source(_Message):
@@ -203,7 +230,7 @@ class RedemptionRequested(_Message):
     reward_id: Id
     quantity: Annotated[int, Field(ge=1, le=QUANTITY_MAX)] = 1
     delivery: Delivery = Delivery()
-    locale: Annotated[str, Field(max_length=20)] | None = None
+    locale: LocaleTag | None = None
 
 
 class RedemptionCancelled(_Message):

@@ -1,23 +1,31 @@
 """Kafka plumbing: topic creation, the faststream broker factory, batch subscribers, lag.
 
 Subscribers are thin: they take the raw records of a batch and hand them to a
-`messaging.BatchConsumer`; faststream commits the offsets after the handler returns
-(`AckPolicy.ACK`, auto-commit off), i.e. after the database commit. A handler that raises
-(it retries outages itself, so only on shutdown) is nacked: the batch is consumed again.
+`messaging.BatchConsumer`, which returns only once every record is applied or dead-lettered
+in Postgres. Nothing of faststream's own touches a payload: the parser keeps the raw records
+(header values that are not UTF-8 are dropped from its copy, since faststream would raise on
+them), and the decoder decodes nothing, so hostile bytes can only reach our own decoding.
+
+Ack policy: `AckPolicy.NACK_ON_ERROR`, auto-commit off. The handler returning commits the
+offsets (after the database commit); a handler that raises (only on shutdown, or a bug) is
+nacked: faststream seeks back to the batch's first offset and the batch is consumed again.
+`AckPolicy.ACK` would commit a batch whose handler raised, silently skipping its records.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -74,6 +82,33 @@ async def start_broker(broker: KafkaBroker) -> None:
     broker.running = True
 
 
+def _utf8_headers_only(record: ConsumerRecord) -> ConsumerRecord:
+    """The record, or a copy without the header values faststream's parser cannot decode."""
+    headers = record.headers or ()
+    kept = tuple((k, v) for k, v in headers if isinstance(v, bytes) and _is_utf8(v))
+    return record if len(kept) == len(headers) else dataclasses.replace(record, headers=kept)
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+async def raw_batch_parser(records: Any, original: Callable[[Any], Awaitable[Any]]) -> Any:
+    """faststream's batch parser on records it cannot fail on (see the module docstring)."""
+    if isinstance(records, tuple | list):
+        records = type(records)(_utf8_headers_only(r) for r in records)
+    return await original(records)
+
+
+async def raw_decoder(message: Any) -> Any:
+    """No decoding: the raw records go to our `BatchConsumer`, which decodes each itself."""
+    return None
+
+
 def subscribe_batch(broker: KafkaBroker, consumer: BatchConsumer, *, group_id: str,
                     batch_size_max: int, batch_timeout_ms: int) -> None:
     """Register a batch subscriber that feeds raw records to `consumer`."""
@@ -83,7 +118,8 @@ def subscribe_batch(broker: KafkaBroker, consumer: BatchConsumer, *, group_id: s
         batch_timeout_ms=batch_timeout_ms, auto_offset_reset="earliest",
         # The broker holds an empty fetch this long: it bounds the latency of each hop.
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-        ack_policy=AckPolicy.ACK, title=f"{consumer.service}:{consumer.topic}",
+        parser=raw_batch_parser, decoder=raw_decoder,
+        ack_policy=AckPolicy.NACK_ON_ERROR, title=f"{consumer.service}:{consumer.topic}",
     )
     async def on_batch(message: KafkaMessage) -> None:
         raw = message.raw_message

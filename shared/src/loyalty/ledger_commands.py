@@ -17,9 +17,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loyalty.contracts import Id, Source, Timestamp
+from loyalty.contracts import POINTS_MAX, Id, Source, Timestamp
 
-POINTS_MAX = 1_000_000_000
 HOLD_TIMEOUT_S_MAX = 7 * 24 * 3600
 EXPIRE_LOTS_MAX = 1000
 

@@ -1,5 +1,13 @@
 """Exactly-once in effect: the inbox, the outbox, dead letters and the batch pipeline.
 
+Each consumed record ends one of three ways, and no fourth:
+1. applied: its effects, its inbox row and the messages it emits commit in one transaction;
+2. dead-lettered with a code: the sender's mistake. That is anything our decoding or
+   validation raises on it (bad bytes, deep nesting, NUL, a failing internal model), a
+   `Rejected` from a handler, or a record that keeps failing alone while the database is
+   healthy (`unprocessable`: poison, counted and alerted on);
+3. still being retried: something of ours (Postgres) is down. Nothing is dead-lettered then.
+
 A consumed batch is applied in ONE Postgres transaction:
 - the records' ids go into the inbox (in bulk) in the same transaction as their effects, so a
   redelivery finds its id and does nothing; the same id with another payload is a conflict
@@ -8,8 +16,12 @@ A consumed batch is applied in ONE Postgres transaction:
   the messages a handler emits are written to the outbox, never published directly;
 - a `Rejected` (the sender's mistake) rolls back only that record's savepoint and writes a
   dead letter (through the outbox too, so it is published exactly when the batch commits).
-Anything else (our bug, an outage) rolls the whole batch back and retries it with backoff; the
-consumer's offsets are committed only after the database commit (faststream `AckPolicy.ACK`).
+Anything else rolls the whole batch back and retries it with capped backoff. After
+`ISOLATE_AFTER_FAILURES` failures the batch is replayed one record at a time, each in its own
+transaction: the records that apply are committed, and a record that still fails alone
+`RECORD_TRIES_MAX` times while the database answers is poison. The consumer returns only when
+every record of the batch is applied or dead-lettered, so the offsets faststream commits next
+(after the handler returns) never cover a record whose outcome is not in Postgres.
 
 The relay publishes outbox rows in id order with acks=all and deletes them once the broker has
 them. One relay per service is active at a time (an advisory lock), which keeps per-key order.
@@ -18,8 +30,10 @@ them. One relay per service is active at a time (an advisory lock), which keeps 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +59,13 @@ T = TypeVar("T")
 ERROR_MESSAGE_LEN_MAX = 500
 RETRY_BACKOFF_START_S = 0.05
 STATS_INTERVAL_S = 1.0
+# A record's value beyond this is refused before parsing (the broker's default is 1 MiB).
+RECORD_BYTES_MAX = 1024 * 1024
+ISOLATE_AFTER_FAILURES = 3  # batch failures before its records are tried one at a time
+RECORD_TRIES_MAX = 3  # failures of a record alone, with the database up, before it is poison
+HEALTH_PROBE_TIMEOUT_S = 2.0
+# Text Postgres cannot store (NUL) or UTF-8 cannot encode (lone surrogates).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class Rejected(Exception):
@@ -54,6 +75,37 @@ class Rejected(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class ConsumerStopping(Exception):
+    """The service is stopping while a batch is unresolved: it is left uncommitted (nacked)
+    and consumed again after the restart."""
+
+
+# Errors of the sender's input raised below our decoders: refused, never retried.
+SENDER_ERRORS = (Rejected, ValidationError)
+
+
+def as_rejected(exc: BaseException) -> Rejected:
+    """Any exception raised while decoding or validating a record, as the sender's mistake."""
+    if isinstance(exc, Rejected):
+        return exc
+    if isinstance(exc, ValidationError):
+        return validation_rejected(exc)
+    if isinstance(exc, RecursionError):
+        return Rejected("malformed_json", "the message nests too deeply")
+    if isinstance(exc, UnicodeError):
+        return Rejected("invalid_field", safe_text(f"text that is not valid UTF-8: {exc}"))
+    return Rejected("invalid_field", safe_text(f"{type(exc).__name__}: {exc}"))
+
+
+def is_outage(exc: BaseException) -> bool:
+    """An error that says our database (or network) is unavailable, not that a record is bad:
+    such a record is never dead-lettered, only retried."""
+    return isinstance(exc, OSError | TimeoutError | asyncpg.PostgresConnectionError
+                      | asyncpg.InterfaceError | asyncpg.CannotConnectNowError
+                      | asyncpg.TooManyConnectionsError | asyncpg.AdminShutdownError
+                      | asyncpg.CrashShutdownError | asyncpg.ConnectionDoesNotExistError)
 
 
 def to_json_bytes(payload: dict[str, Any]) -> bytes:
@@ -69,22 +121,67 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+def safe_text(text: str) -> str:
+    """`text` with NUL and lone surrogates escaped: storable in Postgres, encodable as UTF-8
+    (error messages quote the bad input they refuse)."""
+    if not _UNSTORABLE.search(text):
+        return text
+    return _UNSTORABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 def payload_digest(payload: dict[str, Any]) -> bytes:
     """Hash of the canonical JSON: a producer retry that re-serialises still matches."""
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).digest()
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_json_object(raw: bytes | None) -> dict[str, Any]:
+    """The record's value as a JSON object whose every string is storable, or `Rejected`.
+
+    Strict JSON: NaN and Infinity are refused, and so are NUL characters and lone surrogates
+    in any key or string (Postgres cannot store them): this is the one place every consumer,
+    of every topic, gets that from.
+    """
     if raw is None:
         raise Rejected("malformed_json", "the record has no value")
+    if len(raw) > RECORD_BYTES_MAX:
+        raise Rejected("too_large", f"the value is {len(raw)} bytes; at most "
+                                    f"{RECORD_BYTES_MAX} are accepted")
     try:
-        payload = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        payload = json.loads(raw, parse_constant=_no_constants)
+    except RecursionError:
+        raise Rejected("malformed_json", "the JSON nests too deeply") from None
+    except (ValueError, UnicodeError) as exc:  # JSONDecodeError is a ValueError
         raise Rejected("malformed_json", f"not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise Rejected("malformed_json", "the value is not a JSON object")
+    _check_text(payload, "")
     return payload
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Refuse NUL and lone surrogates anywhere in a parsed JSON value (iteratively: depth is
+    bounded by the parser already, but the walk need not use the stack)."""
+    stack = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if _UNSTORABLE.search(item):
+                raise Rejected("invalid_field", f"{path or 'message'}: text holds a NUL "
+                                                "character or a lone surrogate")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                child_path = f"{path}.{key}" if path else key
+                if _UNSTORABLE.search(key):
+                    raise Rejected("invalid_field", f"{safe_text(child_path)}: a key holds a "
+                                                    "NUL character or a lone surrogate")
+                stack.append((child, child_path))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
 
 
 def validate(model: type[BaseModel] | TypeAdapter[Any], payload: dict[str, Any]) -> Any:
@@ -94,10 +191,15 @@ def validate(model: type[BaseModel] | TypeAdapter[Any], payload: dict[str, Any])
             return model.validate_python(payload)
         return model.model_validate(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "message"
-        code = "missing_field" if first["type"] == "missing" else "invalid_field"
-        raise Rejected(code, f"{where}: {first['msg']}") from None
+        raise validation_rejected(exc) from None
+
+
+def validation_rejected(exc: ValidationError) -> Rejected:
+    """A pydantic error as the sender's mistake, naming the first failing field."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "message"
+    code = "missing_field" if first["type"] == "missing" else "invalid_field"
+    return Rejected(code, safe_text(f"{where}: {first['msg']}"))
 
 
 @dataclass
@@ -106,14 +208,16 @@ class Outbox:
 
     rows: list[tuple[str, bytes | None, bytes, dict[str, str]]] = field(default_factory=list)
 
-    def add(self, topic: str, key: str | None, payload: dict[str, Any] | bytes,
+    def add(self, topic: str, key: str | bytes | None, payload: dict[str, Any] | bytes,
             headers: dict[str, str] | None = None) -> None:
         value = payload if isinstance(payload, bytes) else to_json_bytes(payload)
         hdrs = {"content-type": "application/json"}
         if cid := current_correlation_id():
             hdrs["correlation_id"] = cid
-        hdrs.update(headers or {})
-        self.rows.append((topic, key.encode() if key is not None else None, value, hdrs))
+        # Headers are stored as jsonb: text that quotes bad input must be storable there.
+        hdrs.update({k: safe_text(v) for k, v in (headers or {}).items()})
+        raw_key = key.encode() if isinstance(key, str) else key
+        self.rows.append((topic, raw_key, value, hdrs))
 
     async def flush(self, conn: asyncpg.Connection) -> None:
         if not self.rows:
@@ -127,13 +231,12 @@ def dead_letter(outbox: Outbox, record: ConsumerRecord, code: str, message: str)
     """The original bytes to `<topic>.dlq` with the headers CONTRACT.md names."""
     headers = {
         "error.code": code,
-        "error.message": message[:ERROR_MESSAGE_LEN_MAX],
+        "error.message": safe_text(message)[:ERROR_MESSAGE_LEN_MAX],
         "original.topic": record.topic,
         "original.partition": str(record.partition),
         "original.offset": str(record.offset),
     }
-    key = record.key.decode(errors="replace") if record.key is not None else None
-    outbox.add(dlq(record.topic), key, record.value or b"", headers)
+    outbox.add(dlq(record.topic), record.key, record.value or b"", headers)
 
 
 @dataclass(frozen=True)
@@ -193,34 +296,138 @@ class BatchConsumer(Generic[T]):
     use_inbox: bool = True
     retry_backoff_max_s: float = 5.0
 
+    isolate_after_failures: int = ISOLATE_AFTER_FAILURES
+    record_tries_max: int = RECORD_TRIES_MAX
+    # Set when the service stops: a batch still being retried gives up (it is not committed,
+    # so it is consumed again after the restart) instead of holding the shutdown.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    stalled_since: float | None = None  # monotonic time of the first failure still unresolved
+    last_error: str | None = None
+
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
+        """Returns once every record is applied or dead-lettered (then the offsets may be
+        committed); raises `ConsumerStopping` if the service stops first."""
         if not records:
             return
         labels = (self.service, self.topic)
         metrics.MESSAGES_CONSUMED.labels(*labels).inc(len(records))
         metrics.BATCH_SIZE.labels(*labels).observe(len(records))
-        backoff = RETRY_BACKOFF_START_S
-        while True:
-            started = time.perf_counter()
-            try:
-                with metrics.staging() as counts:
-                    outcome = await self._apply(records)
-                    metrics.commit_counts(counts)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                metrics.HANDLER_ERRORS.labels(*labels).inc()
-                log.exception("batch.failed", topic=self.topic, records=len(records),
-                              retry_in_s=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.retry_backoff_max_s)
+        started = time.perf_counter()
+        outcome = await self._apply_with_retries(records)
         metrics.HANDLER_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+        self._count(outcome)
+        self.on_commit()
+
+    async def _apply_with_retries(self, records: Sequence[ConsumerRecord]) -> _Outcome:
+        backoff = RETRY_BACKOFF_START_S
+        failures = 0
+        while True:
+            try:
+                outcome = await self._apply_counted(records)
+                self._recovered()
+                return outcome
+            except (asyncio.CancelledError, ConsumerStopping):
+                raise
+            except Exception as exc:
+                failures += 1
+                self._failed(exc, records, failures)
+                if failures >= self.isolate_after_failures and len(records) > 1:
+                    return await self._isolate(records)
+                backoff = await self._pause(backoff)
+
+    async def _isolate(self, records: Sequence[ConsumerRecord]) -> _Outcome:
+        """Each record alone, in order, in its own transaction: the good ones commit, and a
+        record that keeps failing alone while the database answers is dead-lettered."""
+        log.warning("batch.isolating", topic=self.topic, records=len(records))
+        total = _Outcome()
+        for record in records:
+            outcome = await self._apply_alone(record)
+            total.duplicates += outcome.duplicates
+            total.dead_letters += outcome.dead_letters
+        return total
+
+    async def _apply_alone(self, record: ConsumerRecord) -> _Outcome:
+        backoff = RETRY_BACKOFF_START_S
+        tries = 0
+        while True:
+            try:
+                outcome = await self._apply_counted([record])
+                self._recovered()
+                return outcome
+            except (asyncio.CancelledError, ConsumerStopping):
+                raise
+            except Exception as exc:
+                tries += 1
+                self._failed(exc, [record], tries)
+                if tries >= self.record_tries_max and await self._is_poison(exc):
+                    return await self._dead_letter_poison(record, exc)
+                backoff = await self._pause(backoff)
+
+    async def _dead_letter_poison(self, record: ConsumerRecord, exc: Exception) -> _Outcome:
+        """Poison: it fails alone, the database is up. Out of the way, with what went wrong."""
+        metrics.POISON_RECORDS.labels(self.service, self.topic).inc()
+        log.error("message.poison", topic=record.topic, partition=record.partition,
+                  offset=record.offset, error_type=type(exc).__name__, error=safe_text(str(exc)))
+        outcome = _Outcome()
+        outbox = Outbox()
+        dead_letter(outbox, record, "unprocessable", f"{type(exc).__name__}: {exc}")
+        outcome.dead_letters.append("unprocessable")
+        async with self.pool.acquire() as conn, conn.transaction():
+            await outbox.flush(conn)
+        self._recovered()
+        return outcome
+
+    async def _apply_counted(self, records: Sequence[ConsumerRecord]) -> _Outcome:
+        """`_apply`, with the business counts it staged counted only if it committed."""
+        if self.stopping.is_set():
+            raise ConsumerStopping(self.topic)
+        with metrics.staging() as counts:
+            outcome = await self._apply(records)
+            metrics.commit_counts(counts)
+        return outcome
+
+    def _failed(self, exc: Exception, records: Sequence[ConsumerRecord], attempt: int) -> None:
+        metrics.HANDLER_ERRORS.labels(self.service, self.topic).inc()
+        metrics.CONSUMER_STALLED.labels(self.service, self.topic).set(1)
+        if self.stalled_since is None:
+            self.stalled_since = time.monotonic()
+        self.last_error = safe_text(f"{type(exc).__name__}: {exc}")[:ERROR_MESSAGE_LEN_MAX]
+        log.error("batch.failed", topic=self.topic, records=len(records), attempt=attempt,
+                  first_offset=records[0].offset, partition=records[0].partition,
+                  exc_info=exc)
+
+    def _recovered(self) -> None:
+        if self.stalled_since is not None:
+            log.info("batch.recovered", topic=self.topic,
+                     stalled_s=round(time.monotonic() - self.stalled_since, 3))
+            self.stalled_since = None
+            self.last_error = None
+            metrics.CONSUMER_STALLED.labels(self.service, self.topic).set(0)
+
+    async def _pause(self, backoff: float) -> float:
+        """Sleep `backoff` (or until the service stops); the next, capped backoff."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), backoff)
+        return min(backoff * 2, self.retry_backoff_max_s)
+
+    async def _is_poison(self, exc: Exception) -> bool:
+        """The record is at fault, not us: the error is no outage and the database answers.
+        (As with Spring Kafka's DefaultErrorHandler, a bug that fails every record would
+        dead-letter them: with their original bytes, to replay after the fix, and the poison
+        alert fires at once.)"""
+        if is_outage(exc):
+            return False
+        try:
+            async with asyncio.timeout(HEALTH_PROBE_TIMEOUT_S):
+                return await self.pool.fetchval("SELECT 1") == 1
+        except Exception:
+            return False
+
+    def _count(self, outcome: _Outcome) -> None:
         for code in outcome.dead_letters:
             metrics.DEAD_LETTERS.labels(self.service, self.topic, code).inc()
         if outcome.duplicates:
-            metrics.MESSAGES_DUPLICATE.labels(*labels).inc(outcome.duplicates)
-        self.on_commit()
+            metrics.MESSAGES_DUPLICATE.labels(self.service, self.topic).inc(outcome.duplicates)
 
     async def _apply(self, records: Sequence[ConsumerRecord]) -> _Outcome:
         outcome = _Outcome()
@@ -231,7 +438,7 @@ class BatchConsumer(Generic[T]):
                 envelopes = await self._first_deliveries(conn, envelopes, outbox, outcome)
             if self.handle is not None:
                 await self._one_by_one(conn, envelopes, outbox, outcome, self.handle,
-                                       dead_letter=(Rejected,))
+                                       dead_letter=SENDER_ERRORS)
             else:
                 await self._set_based(conn, envelopes, outbox, outcome)
             await outbox.flush(conn)
@@ -244,10 +451,11 @@ class BatchConsumer(Generic[T]):
             try:
                 payload = parse_json_object(record.value)
                 message_id, message = self.decode(payload)
-            except Rejected as rej:
-                self._reject(outbox, record, rej, outcome)
+                digest = payload_digest(payload)
+            except Exception as exc:  # whatever decoding raises, the record caused it
+                self._reject(outbox, record, as_rejected(exc), outcome)
                 continue
-            envelopes.append(Envelope(record, message, message_id, payload_digest(payload)))
+            envelopes.append(Envelope(record, message, message_id, digest))
         return envelopes
 
     async def _set_based(self, conn: asyncpg.Connection, envelopes: list[Envelope[T]],
@@ -260,7 +468,7 @@ class BatchConsumer(Generic[T]):
         try:
             async with conn.transaction():
                 refused = await self.handle_batch(conn, envelopes, emitted) or []
-        except (asyncpg.IntegrityConstraintViolationError, Rejected):
+        except (asyncpg.IntegrityConstraintViolationError, *SENDER_ERRORS):
             # A bug or a bad message, not an outage: find the culprit one message at a time.
             metrics.rollback_counts(mark)
             log.exception("batch.constraint_violation", topic=self.topic,
@@ -273,7 +481,7 @@ class BatchConsumer(Generic[T]):
 
             await self._one_by_one(
                 conn, envelopes, outbox, outcome, alone,
-                dead_letter=(Rejected, asyncpg.IntegrityConstraintViolationError))
+                dead_letter=(*SENDER_ERRORS, asyncpg.IntegrityConstraintViolationError))
             return
         for env, rej in refused:
             self._reject(outbox, env.record, rej, outcome)
@@ -292,8 +500,8 @@ class BatchConsumer(Generic[T]):
                         await handle(conn, env, emitted)
                 except dead_letter as exc:
                     metrics.rollback_counts(mark)
-                    rej = exc if isinstance(exc, Rejected) else Rejected(
-                        "constraint_violation", str(exc))
+                    rej = Rejected("constraint_violation", safe_text(str(exc))) if isinstance(
+                        exc, asyncpg.IntegrityConstraintViolationError) else as_rejected(exc)
                     self._reject(outbox, env.record, rej, outcome)
                     continue
             outbox.rows.extend(emitted.rows)

@@ -35,6 +35,14 @@ BATCH_SIZE = Histogram(
 HANDLER_ERRORS = Counter(
     "loyalty_handler_errors_total", "Batches that failed on our side (retried with backoff).",
     ["service", "topic"], registry=REGISTRY)
+POISON_RECORDS = Counter(
+    "loyalty_poison_records_total",
+    "Records that failed alone while the database answered, dead-lettered as unprocessable.",
+    ["service", "topic"], registry=REGISTRY)
+CONSUMER_STALLED = Gauge(
+    "loyalty_consumer_stalled",
+    "1 while a consumed batch fails and is being retried (an outage, or poison being isolated).",
+    ["service", "topic"], registry=REGISTRY)
 CONSUMER_LAG = Gauge(
     "loyalty_consumer_lag", "Records not yet committed by the consumer group, per partition.",
     ["service", "topic", "partition"], registry=REGISTRY)

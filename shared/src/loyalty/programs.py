@@ -32,6 +32,8 @@ from pydantic import (
     model_validator,
 )
 
+from loyalty.contracts import POINTS_MAX
+
 # Ids end up in Kafka keys, URLs and database rows: keep them short and URL-safe.
 ID_LENGTH_MAX_CHARS = 64
 NAME_LENGTH_MAX_CHARS = 200
@@ -39,6 +41,7 @@ NAME_LENGTH_MAX_CHARS = 200
 PROGRAMS_FILE_SIZE_MAX_BYTES = 1024 * 1024
 # Keys a publisher wraps around the definition on the topic (see `from_message`).
 ENVELOPE_KEYS = ("type", "event_id")
+POINTS_PER_UNIT_MAX = 10_000
 
 Id = Annotated[
     str,
@@ -46,9 +49,11 @@ Id = Annotated[
 ]
 Name = Annotated[str, Field(min_length=1, max_length=NAME_LENGTH_MAX_CHARS)]
 # Strict so that YAML's `yes` or a quoted "5" is not taken for a number of points.
-NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
-PositiveInt = Annotated[int, Field(strict=True, ge=1)]
-PositiveDecimal = Annotated[Decimal, Field(gt=0)]
+# Bounds keep every figure a program can produce inside what the database columns hold.
+NonNegativeInt = Annotated[int, Field(strict=True, ge=0, le=POINTS_MAX)]
+PositiveInt = Annotated[int, Field(strict=True, ge=1, le=POINTS_MAX)]
+MULTIPLIER_MAX = 1000
+PositiveDecimal = Annotated[Decimal, Field(gt=0, le=MULTIPLIER_MAX)]
 Channel = Literal["pos", "ecommerce"]
 Locale = Literal["en", "lt", "pl", "ru", "th"]
 
@@ -123,9 +128,9 @@ class Campaign(_Model):
 class EarningRules(_Model):
     """How purchases and activities earn points (DOMAIN.md "Earning")."""
 
-    points_per_unit: Annotated[Decimal, Field(ge=0)]
+    points_per_unit: Annotated[Decimal, Field(ge=0, le=POINTS_PER_UNIT_MAX)]
     rounding: Literal["floor", "round", "ceil"] = "floor"  # round = half up
-    min_total: Annotated[Decimal, Field(ge=0)] = Decimal("0")
+    min_total: Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4)] = Decimal("0")
     category_multipliers: dict[str, PositiveDecimal] = Field(default_factory=dict)
     sku_bonus: dict[str, NonNegativeInt] = Field(default_factory=dict)
     max_points_per_order: PositiveInt | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class Runtime:
     clock: Clock
     ids: IdProvider
     background: list[Callable[[], Any]] = field(default_factory=list)
+    consumers: list[BatchConsumer[Any]] = field(default_factory=list)
 
     def consume(self, topic: str, decode: Decoder[Any], handle: Handler[Any] | None = None, *,
                 handle_batch: BatchHandler[Any] | None = None,
@@ -51,6 +53,7 @@ class Runtime:
             service=self.name, topic=topic, pool=self.pool, decode=decode, handle=handle,
             handle_batch=handle_batch, on_commit=self.relay.notify, use_inbox=use_inbox,
             retry_backoff_max_s=self.settings.retry_backoff_max_ms / 1000)
+        self.consumers.append(consumer)
         kafka.subscribe_batch(
             self.broker, consumer, group_id=f"loyalty-{self.name}.{topic}",
             batch_size_max=self.settings.batch_size_max,
@@ -99,7 +102,10 @@ async def run_service(spec: ServiceSpec, stop: asyncio.Event | None = None) -> N
             return f"database unreachable: {exc}"
         if not kafka.is_assigned(broker):
             return "consumers have not joined their groups yet"
-        return None
+        now = time.monotonic()
+        stalled = [f"{c.topic} retrying for {now - c.stalled_since:.0f}s ({c.last_error})"
+                   for c in runtime.consumers if c.stalled_since is not None]
+        return "; ".join(stalled) or None
 
     app = make_app(settings.api_token, readiness)
     runtime = Runtime(spec.name, settings, pool, broker, relay, app, spec.clock, spec.ids)
@@ -119,6 +125,8 @@ async def run_service(spec: ServiceSpec, stop: asyncio.Event | None = None) -> N
         await stop.wait()
     finally:
         log.info("service.stopping")
+        for consumer in runtime.consumers:
+            consumer.stopping.set()  # a batch being retried gives up, uncommitted
         await broker.stop()  # stop consuming; in-flight batches finish and commit
         if not await relay.drain(settings.shutdown_drain_timeout_s):
             log.warning("service.outbox_not_drained", backlog=relay.backlog)

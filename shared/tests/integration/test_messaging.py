@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -9,13 +10,20 @@ from typing import Any
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-from loyalty import db, topics
-from loyalty.messaging import BatchConsumer, Envelope, Outbox, OutboxRelay, Rejected
+from loyalty import db, metrics, topics
+from loyalty.messaging import (
+    BatchConsumer,
+    ConsumerStopping,
+    Envelope,
+    Outbox,
+    OutboxRelay,
+    Rejected,
+)
 from loyalty.testing import Kafka, unique
 
 pytestmark = pytest.mark.integration
 
-SCHEMA = "expiry"  # a schema no service under test uses yet
+SCHEMA = "probe"  # a schema of its own: no service uses it
 
 
 def record(value: bytes | dict[str, Any], offset: int, topic: str = "probe.v1") -> ConsumerRecord:
@@ -93,6 +101,99 @@ async def test_a_failing_batch_rolls_back_everything_then_retries(pool) -> None:
     applied = {r["id"] for r in await pool.fetch("SELECT id FROM applied")}
     assert applied == {"x", "y"}
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 2
+
+
+async def dead_letters(pool) -> list[tuple[str, int, str]]:
+    rows = await pool.fetch("SELECT headers FROM outbox WHERE topic = 'probe.v1.dlq' ORDER BY id")
+    return [(r["headers"]["error.code"], int(r["headers"]["original.offset"]),
+             r["headers"]["error.message"]) for r in rows]
+
+
+async def test_one_poison_record_in_500_is_dead_lettered_and_the_499_apply_once(pool) -> None:
+    """A record our code fails on (here: a value the column cannot hold, a DataError), alone,
+    while the database answers: dead-lettered `unprocessable`; the batch's others apply."""
+    consumer = BatchConsumer(service="probe", topic="probe.v1", pool=pool, decode=decode,
+                             handle=handle, retry_backoff_max_s=0.02)
+    batch = [record({"id": f"r{i}", "amount": 10**12 if i == 250 else i}, i) for i in range(500)]
+    poisoned = metrics.POISON_RECORDS.labels("probe", "probe.v1")._value.get()
+    await consumer(batch)
+    await consumer(batch[:10])  # a redelivery of applied records has no effect
+
+    applied = {r["id"]: r["amount"] for r in await pool.fetch("SELECT * FROM applied")}
+    assert applied == {f"r{i}": i for i in range(500) if i != 250}
+    [(code, offset, message)] = await dead_letters(pool)
+    assert (code, offset) == (("unprocessable", 250))
+    assert "DataError" in message and "out of int32 range" in message
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE topic = 'probe.out.v1'") == 499
+    assert metrics.POISON_RECORDS.labels("probe", "probe.v1")._value.get() == poisoned + 1
+    assert consumer.stalled_since is None
+
+
+async def test_an_outage_dead_letters_nothing_and_the_batch_applies_once_it_ends(pool) -> None:
+    """Every attempt fails with a connection error: the consumer keeps retrying (stalled, as
+    /readyz and a gauge show) and dead-letters nothing; when the outage ends, all apply."""
+    down = {"on": True}
+
+    async def outage(conn, env, outbox) -> None:
+        if down["on"]:
+            raise ConnectionRefusedError("the database is restarting")
+        await handle(conn, env, outbox)
+
+    consumer = BatchConsumer(service="probe", topic="probe.v1", pool=pool, decode=decode,
+                             handle=outage, retry_backoff_max_s=0.02)
+    task = asyncio.create_task(consumer([record({"id": f"o{i}", "amount": i}, i)
+                                         for i in range(5)]))
+    await asyncio.sleep(1.0)
+    assert not task.done()
+    assert consumer.stalled_since is not None and "restarting" in (consumer.last_error or "")
+    assert metrics.CONSUMER_STALLED.labels("probe", "probe.v1")._value.get() == 1
+    assert await dead_letters(pool) == []
+    down["on"] = False
+    await asyncio.wait_for(task, 10)
+    assert await pool.fetchval("SELECT count(*) FROM applied") == 5
+    assert await dead_letters(pool) == []
+    assert metrics.CONSUMER_STALLED.labels("probe", "probe.v1")._value.get() == 0
+
+
+async def test_a_stopping_service_leaves_an_unresolved_batch_uncommitted(pool) -> None:
+    async def outage(conn, env, outbox) -> None:
+        raise ConnectionRefusedError("down")
+
+    consumer = BatchConsumer(service="probe", topic="probe.v1", pool=pool, decode=decode,
+                             handle=outage, retry_backoff_max_s=5)
+    task = asyncio.create_task(consumer([record({"id": "s", "amount": 1}, 0)]))
+    await asyncio.sleep(0.3)
+    consumer.stopping.set()
+    with pytest.raises(ConsumerStopping):
+        await asyncio.wait_for(task, 2)  # not after the 5 s backoff: at once
+    assert await dead_letters(pool) == []
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    (b"[" * 100_000 + b"]" * 100_000, "malformed_json"),  # RecursionError in the parser
+    (b'{"id": "\\u0000", "amount": 1}', "invalid_field"),
+    (b'{"id": "a\\ud800b", "amount": 1}', "invalid_field"),
+    (b'{"id": "n", "amount": NaN}', "malformed_json"),
+    (b'{"id": "n", "amount": 1e400}', "invalid_field"),  # inf: refused by the decoder
+    (b"\xff\xfe{}", "malformed_json"),
+    (b'{"id": "' + b"x" * (2 * 1024 * 1024) + b'"}', "too_large"),
+    (b'{"\\u0000": 1, "id": "k", "amount": 1}', "invalid_field"),
+])
+async def test_what_our_decoding_raises_on_is_dead_lettered_and_the_rest_applies(
+        pool, raw: bytes, code: str) -> None:
+    def strict(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        message_id, message = decode(payload)
+        if not isinstance(message["amount"], int):
+            raise TypeError("amount must be an integer")  # an internal model's error
+        return message_id, message
+
+    consumer = BatchConsumer(service="probe", topic="probe.v1", pool=pool, decode=strict,
+                             handle=handle)
+    await consumer([record(raw, 0), record({"id": "after", "amount": 7}, 1)])
+    assert [(c, o) for c, o, _ in await dead_letters(pool)] == [(code, 0)]
+    dlq_value = await pool.fetchval("SELECT value FROM outbox WHERE topic = 'probe.v1.dlq'")
+    assert dlq_value == raw
+    assert await pool.fetchval("SELECT amount FROM applied WHERE id = 'after'") == 7
 
 
 async def test_the_relay_publishes_in_order_and_empties_the_outbox(pool, infra,
