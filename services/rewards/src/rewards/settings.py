@@ -38,7 +38,8 @@ class Settings(ServiceSettings):
                                 validation_alias=AliasChoices("LOYALTY_REWARDS_HOLD_TIMEOUT_S"))
     step_timeout_s: float = Field(
         30.0, ge=1, validation_alias=AliasChoices("LOYALTY_REWARDS_STEP_TIMEOUT_S"))
+    # An order of a member earn enrolled a moment ago waits this long for loyalty.members.v1.
     member_wait_s: float = Field(
-        30.0, ge=0, validation_alias=AliasChoices("LOYALTY_REWARDS_MEMBER_WAIT_S"))
+        10.0, ge=0, validation_alias=AliasChoices("LOYALTY_REWARDS_MEMBER_WAIT_S"))
     delivery_batch_size_max: int = Field(
         200, ge=1, le=5000, validation_alias=AliasChoices("LOYALTY_REWARDS_DELIVERY_BATCH_MAX"))

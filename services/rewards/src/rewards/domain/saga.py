@@ -188,7 +188,7 @@ class Order:
             return self._ignored()
         self._status("points_reserved")
         if self.cancel_requested:
-            self._release("cancelled", "cancelled", "cancelled by request")
+            self._release("cancelled", "cancelled", self.reason or "cancelled by request")
         else:
             self.state = State.ALLOCATING
             self.effects.append(Allocate())
@@ -231,7 +231,7 @@ class Order:
             return self._ignored()
         self.effects.append(ReturnUnits())
         if self.cancel_requested:
-            self._finish(State.CANCELLED, "cancelled", "cancelled by request",
+            self._finish(State.CANCELLED, "cancelled", self.reason or "cancelled by request",
                          notify="reward_cancelled")
         else:
             self._finish(State.FAILED, code, message, notify="reward_failed")
