@@ -68,26 +68,32 @@ def to_move(e: LedgerMovement) -> handlers.LedgerMove:
         error_code=e.error_code)
 
 
+async def on_program(conn: asyncpg.Connection, env: Envelope[ProgramDefinition],
+                     _: Outbox) -> None:
+    await handlers.apply_program(ExpiryRepository(conn), env.message)
+
+
+async def on_members(conn: asyncpg.Connection, envs: list[Envelope[MemberEvent]],
+                     _: Outbox) -> None:
+    await handlers.apply_member_events(ExpiryRepository(conn), [e.message for e in envs])
+
+
+async def on_ledger(conn: asyncpg.Connection, envs: list[Envelope[LedgerMovement]],
+                    outbox: Outbox) -> None:
+    await handlers.apply_ledger_events(ExpiryRepository(conn),
+                                       [to_move(e.message) for e in envs], outbox)
+
+
+decode_members = decoder(MemberEvent)
+decode_ledger = decoder(LedgerMovement)
+
+
 def wire(runtime: Runtime) -> None:
     settings = runtime.settings
     assert isinstance(settings, Settings)
-
-    async def on_program(conn: asyncpg.Connection, env: Envelope[ProgramDefinition],
-                         _: Outbox) -> None:
-        await handlers.apply_program(ExpiryRepository(conn), env.message)
-
-    async def on_members(conn: asyncpg.Connection, envs: list[Envelope[MemberEvent]],
-                         _: Outbox) -> None:
-        await handlers.apply_member_events(ExpiryRepository(conn), [e.message for e in envs])
-
-    async def on_ledger(conn: asyncpg.Connection, envs: list[Envelope[LedgerMovement]],
-                        outbox: Outbox) -> None:
-        await handlers.apply_ledger_events(ExpiryRepository(conn),
-                                           [to_move(e.message) for e in envs], outbox)
-
     runtime.consume(topics.PROGRAMS, decode_program, on_program, use_inbox=False)
-    runtime.consume(topics.MEMBERS, decoder(MemberEvent), handle_batch=on_members)
-    runtime.consume(topics.LEDGER, decoder(LedgerMovement), handle_batch=on_ledger)
+    runtime.consume(topics.MEMBERS, decode_members, handle_batch=on_members)
+    runtime.consume(topics.LEDGER, decode_ledger, handle_batch=on_ledger)
 
     if settings.sweep_interval_s > 0:
         limits = sweep_limits(settings)

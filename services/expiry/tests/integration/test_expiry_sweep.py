@@ -1,0 +1,220 @@
+"""The scheduler against the real ledger on real PostgreSQL, time moved by `as_of`.
+
+Each test states a rule of the issue: what is due expires (only the remainder of a lot, never
+held points, a spend meanwhile wins), each warning goes once, a catch-up after months of
+downtime does everything once and sends no stale warning, inactivity follows activity, and a
+program's sunset notifies then expires everything.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from expiry.handlers import SweepLimits
+from loyalty.contracts import LedgerEvent, Notification
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2021, 1, 31, 12, 0, tzinfo=UTC)
+END_OF_FEB = datetime(2021, 2, 28, 23, 59, 59, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
+
+
+def program(pid: str = "p1", **expiry) -> dict:
+    return {"id": pid, "name": "Coffee Club", "currency": "EUR", "time_zone": "UTC",
+            "default_locale": "en", "earning": {"points_per_unit": 10},
+            "expiry": {"policy": "rolling", "months": 1, "warn_days_before": [30, 7]} | expiry}
+
+
+async def test_a_lot_earned_on_31_january_expires_at_the_end_of_28_february(world) -> None:
+    await world.program(program())
+    await world.member("p1", "m1", phone="+37060000001", locale="lt")
+    await world.earn("p1", "m1", 100, T0)
+    await world.spend("p1", "m1", 30, T0 + timedelta(days=5))  # part spent before
+
+    assert (await world.sweep(END_OF_FEB - SECOND)).commands == {}
+    assert await world.balance("p1", "m1") == 70
+
+    report = await world.sweep(END_OF_FEB)
+    assert dict(report.points) == {"expiry": 70}
+    assert await world.balance("p1", "m1") == 0  # only the remainder expired
+    [expired] = [e for e in world.ledger_events if e["type"] == "points.expired"]
+    LedgerEvent.model_validate(expired)
+    assert expired["points"] == -70 and expired["source"]["kind"] == "expiry"
+    assert "expired on 2021-02-28" in expired["reason"]
+    [notice] = world.messages("points_expired", "m1")
+    Notification.model_validate(notice)
+    assert notice["locale"] == "lt" and "70" in notice["body"]
+
+    again = await world.sweep(END_OF_FEB)  # idempotent: nothing left to do
+    assert again.empty and len(world.messages("points_expired")) == 1
+    assert len(world.commands) == 1
+
+
+async def test_each_warning_goes_once_and_lots_due_the_same_day_share_it(world) -> None:
+    await world.program(program())
+    await world.member("p1", "m1", phone="+37060000001", locale="en")
+    await world.earn("p1", "m1", 100, T0)
+    await world.earn("p1", "m1", 50, T0 + timedelta(hours=3))  # due the same day
+    thirty, seven = END_OF_FEB - timedelta(days=30), END_OF_FEB - timedelta(days=7)
+
+    await world.sweep(thirty - SECOND)
+    assert world.messages("expiry_warning") == []
+    await world.sweep(thirty)
+    await world.sweep(thirty + timedelta(hours=1))  # a second sweep sends nothing more
+    [first] = world.messages("expiry_warning")
+    assert "150 points to use by Feb 28, 2021" in first["body"]
+    await world.sweep(seven)
+    await world.sweep(seven)
+    assert len(world.messages("expiry_warning")) == 2
+    ids = {m["notification_id"] for m in world.messages("expiry_warning")}
+    assert len(ids) == 2  # distinct facts, stable ids
+    await world.sweep(END_OF_FEB)
+    assert len(world.messages("expiry_warning")) == 2  # no warning once the points are due
+    assert await world.balance("p1", "m1") == 0
+
+
+async def test_a_three_month_catch_up_expires_everything_once_and_warns_only_the_future(
+        world) -> None:
+    await world.program(program())
+    for n in range(30):  # lots due every few days over three months
+        member = f"m{n % 7}"
+        await world.member("p1", member, phone=f"+3706000{n % 7:04d}")
+        await world.earn("p1", member, 10 + n, T0 + timedelta(days=3 * n))
+    as_of = END_OF_FEB + timedelta(days=60)
+    due = [T0 + timedelta(days=3 * n) for n in range(30)]
+
+    report = await world.sweep(as_of, limits=SweepLimits(lots_per_batch_max=4))
+    expired_lots = sum(1 for d in due if d + timedelta(days=29) <= as_of - timedelta(days=1))
+    assert report.lots["expiry"] >= expired_lots
+    again = await world.sweep(as_of)
+    assert again.commands == {}
+    moved = [lot["lot_id"] for e in world.ledger_events if e["type"] == "points.expired"
+             for lot in e["lots"]]
+    assert len(moved) == len(set(moved)) == report.lots["expiry"]
+    # Only lots still in the future were warned about, each member and day once, with the
+    # nearest threshold only.
+    warned = world.messages("expiry_warning")
+    keys = [(m["member_id"], m["body"]) for m in warned]
+    assert len(keys) == len(set(keys))
+    rows = await world.expiry_pool.fetch(
+        "SELECT due_at, threshold_days, status FROM notices ORDER BY due_at")
+    assert rows and all(r["due_at"] > as_of for r in rows)
+    assert {r["status"] for r in rows if r["threshold_days"] == 30
+            and r["due_at"] - timedelta(days=7) <= as_of} <= {"superseded"}
+
+
+async def test_a_spend_the_scheduler_had_not_seen_wins(world) -> None:
+    await world.program(program())
+    await world.member("p1", "m1", phone="+37060000001")
+    await world.earn("p1", "m1", 100, T0)
+    await world.sweep(END_OF_FEB, pump=False)  # the command waits in the outbox
+    # Meanwhile the member spends 60 (the ledger applies it before the expiry).
+    await world.command(type="debit", program_id="p1", member_id="m1", points=60,
+                        occurred_at=END_OF_FEB - SECOND,
+                        source={"kind": "redemption", "id": "r1"})
+    await world.pump()
+    [expired] = [e for e in world.ledger_events if e["type"] == "points.expired"]
+    assert expired["points"] == -40
+    assert await world.balance("p1", "m1") == 0
+
+
+async def test_held_points_are_never_expired_and_go_once_the_hold_is_released(world) -> None:
+    await world.program(program())
+    await world.member("p1", "m1", phone="+37060000001", locale="en")
+    await world.earn("p1", "m1", 100, T0)
+    world.clock.set(END_OF_FEB - timedelta(minutes=1))
+    hold = await world.command(type="reserve", program_id="p1", member_id="m1", points=80,
+                               occurred_at=END_OF_FEB - timedelta(minutes=1),
+                               source={"kind": "redemption", "id": "o1"})
+    await world.sweep(END_OF_FEB)
+    assert await world.balance("p1", "m1") == 80  # only the 20 not held expired
+    assert (await world.sweep(END_OF_FEB + SECOND)).commands == {}  # waits for the hold
+    await world.command(type="release", program_id="p1", member_id="m1", hold_id=hold,
+                        occurred_at=END_OF_FEB + timedelta(minutes=1),
+                        source={"kind": "redemption", "id": "o1"})
+    await world.sweep(END_OF_FEB + timedelta(minutes=2))
+    assert await world.balance("p1", "m1") == 0
+    assert [n["body"] for n in world.messages("points_expired")] == [
+        "Coffee Club: we've removed 20 expired points. You now have 80 points.",
+        "Coffee Club: we've removed 80 expired points. You now have 0 points."]
+
+
+async def test_inactivity_counts_from_the_newest_purchase(world) -> None:
+    await world.program(program(policy="inactivity", inactivity_months=12))
+    await world.member("p1", "m1", email="m1@example.com", channel="email", locale="en")
+    await world.earn("p1", "m1", 100, datetime(2021, 1, 10, 9, tzinfo=UTC))
+    await world.earn("p1", "m1", 40, datetime(2021, 11, 20, 9, tzinfo=UTC))  # month 11
+    twelve_months = datetime(2022, 1, 11, tzinfo=UTC)
+    assert (await world.sweep(twelve_months)).commands == {}
+    assert await world.balance("p1", "m1") == 140
+    await world.sweep(datetime(2022, 10, 21, 23, 59, 59, tzinfo=UTC))  # 30 days before
+    await world.sweep(datetime(2022, 11, 20, 23, 59, 58, tzinfo=UTC))  # the 7-day one
+    assert await world.balance("p1", "m1") == 140
+    report = await world.sweep(datetime(2022, 11, 20, 23, 59, 59, tzinfo=UTC))
+    assert dict(report.points) == {"inactivity": 140}
+    assert await world.balance("p1", "m1") == 0
+    [warning_30, warning_7] = world.messages("expiry_warning")
+    assert warning_30["channel"] == "email" and "140 points" in warning_30["body"]
+    assert "Nov 20, 2022" in warning_7["body"]
+
+
+async def test_activity_the_scheduler_had_not_seen_refuses_an_inactivity_expiry(world) -> None:
+    await world.program(program(policy="inactivity", inactivity_months=1))
+    await world.member("p1", "m1", phone="+37060000001")
+    await world.earn("p1", "m1", 100, T0)
+    await world.sweep(datetime(2021, 3, 1, tzinfo=UTC), pump=False)
+    # A purchase reaches the ledger before the expire command does.
+    await world.command(type="credit", program_id="p1", member_id="m1", points=5,
+                        occurred_at=datetime(2021, 2, 28, 22, tzinfo=UTC), expires_at=None)
+    await world.pump()
+    assert await world.balance("p1", "m1") == 105
+    [rejected] = [e for e in world.ledger_events if e["type"] == "command.rejected"]
+    assert rejected["error.code"] == "member_active"
+    # The deadline moved with the purchase: nothing is due on 1 March any more.
+    assert (await world.sweep(datetime(2021, 3, 1, tzinfo=UTC))).commands == {}
+    await world.sweep(datetime(2021, 3, 28, 23, 59, 59, tzinfo=UTC))
+    assert await world.balance("p1", "m1") == 0
+
+
+async def test_a_sunset_notifies_holders_then_expires_every_point(world) -> None:
+    closes = datetime(2021, 6, 30, 21, 0, tzinfo=UTC)
+    await world.program(program(policy="none") | {
+        "lifecycle": {"earning_closes_at": "2021-05-31T21:00:00+00:00",
+                      "redemption_closes_at": closes.isoformat()}})
+    await world.member("p1", "holder", phone="+37060000001", locale="pl")
+    await world.member("p1", "spent", phone="+37060000002")
+    await world.earn("p1", "holder", 300, T0)
+    await world.earn("p1", "spent", 50, T0)
+    await world.spend("p1", "spent", 50, T0 + timedelta(days=1))
+
+    await world.sweep(closes - timedelta(days=31))
+    assert world.messages("program_closing") == []
+    await world.sweep(closes - timedelta(days=30))
+    await world.sweep(closes - timedelta(days=29))
+    await world.sweep(closes - timedelta(days=7))
+    notices = world.messages("program_closing")
+    assert [(n["member_id"], n["locale"]) for n in notices] == [("holder", "pl")] * 2
+    assert "300" in notices[0]["body"]
+    await world.sweep(closes - SECOND)
+    assert await world.balance("p1", "holder") == 300
+    await world.sweep(closes)
+    assert await world.balance("p1", "holder") == 0
+    [expired] = [e for e in world.ledger_events if e["type"] == "points.expired"]
+    assert expired["source"]["kind"] == "sunset" and expired["points"] == -300
+
+
+async def test_a_dry_run_forecasts_and_changes_nothing(world) -> None:
+    await world.program(program())
+    await world.member("p1", "m1", phone="+37060000001")
+    await world.earn("p1", "m1", 100, T0)
+    forecast = await world.sweep(END_OF_FEB, dry_run=True)
+    assert dict(forecast.points) == {"expiry": 100}
+    assert any(line.startswith("expire 100 points of member m1") for line in forecast.forecast)
+    assert await world.expiry_pool.fetchval("SELECT count(*) FROM expire_requests") == 0
+    assert await world.expiry_pool.fetchval("SELECT count(*) FROM notices") == 0
+    assert await world.balance("p1", "m1") == 100 and world.commands == []
+    real = await world.sweep(END_OF_FEB)
+    assert dict(real.points) == dict(forecast.points)
