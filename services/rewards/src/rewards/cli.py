@@ -22,6 +22,7 @@ from pathlib import Path
 
 import asyncpg
 
+from loyalty.logging import configure_logging
 from loyalty.programs import ProgramDefinition
 from rewards.adapters.codes_import import import_codes, rotate_keys
 from rewards.adapters.vault import CodeVault, VaultError
@@ -110,6 +111,8 @@ async def _import(program_id: str, pool: str, codes: list[str]) -> str:
 
 
 def _run(coro: object) -> int:
+    # Warnings (the development keys) as JSON lines on stderr; stdout is the result only.
+    configure_logging("loyalty-rewards", os.environ.get("LOYALTY_LOG_LEVEL", "WARNING"))
     try:
         print(asyncio.run(coro))  # type: ignore[arg-type]
     except (CliError, VaultError) as exc:
