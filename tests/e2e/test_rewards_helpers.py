@@ -116,3 +116,55 @@ async def settled_view(ledger: Api, program_id: str, phone: str, balance: int
 
 def records_for(records: list[Any], order_id: str) -> list[dict[str, Any]]:
     return [json.loads(r.value) for r in records if json.loads(r.value)["order_id"] == order_id]
+
+
+async def expect_balances(ledger: Api, program_id: str, expected: dict[str, int],
+                          timeout_s: float = 120) -> None:
+    """Each phone's member reaches its balance with nothing held; a moment later (long enough
+    for a second effect to land) every one is still exactly that."""
+    for phone, points in expected.items():
+        await ledger.wait_until(f"/v1/programs/{program_id}/members/phone:{phone}",
+                                lambda b, p=points: b["balance"] == p and b["reserved"] == 0,
+                                timeout_s=timeout_s)
+    await asyncio.sleep(1.5)
+    for phone, points in expected.items():
+        view = await member_view(ledger, program_id, phone)
+        assert (view["balance"], view["reserved"]) == (points, 0), (phone, view)
+
+
+async def final_orders(rewards: Api, order_ids: list[str], timeout_s: float = 180
+                       ) -> dict[str, dict[str, Any]]:
+    """Every order's view once all are in a final state."""
+    final = {"fulfilled", "rejected", "failed", "cancelled"}
+    done: dict[str, dict[str, Any]] = {}
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while len(done) < len(order_ids):
+        for order_id in [o for o in order_ids if o not in done]:
+            status, body = await rewards.get(f"/v1/orders/{order_id}")
+            if status == 200 and body["status"] in final:
+                done[order_id] = body
+        if len(done) < len(order_ids):
+            left = len(order_ids) - len(done)
+            assert asyncio.get_running_loop().time() < deadline, f"{left} orders not final"
+            await asyncio.sleep(0.5)
+    return done
+
+
+def run_audit(pg_dsn: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LOYALTY_PG_DSN": pg_dsn}
+    return subprocess.run([sys.executable, "-m", "loyalty.cli", "audit"], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+async def fulfilled_codes(kafka: Kafka, phones: set[str], codes: set[str]
+                          ) -> dict[str, set[str]]:
+    """code -> the members it was sent to, from every reward_fulfilled SMS to `phones`."""
+    sent: dict[str, set[str]] = {}
+    for record in await kafka.read_all(topics.NOTIFICATIONS_SMS):
+        message = json.loads(record.value)
+        if message["to"] not in phones or message["template"] != "reward_fulfilled":
+            continue
+        found = [c for c in codes if c in message["body"]]
+        assert len(found) == 1, message["notification_id"]
+        sent.setdefault(found[0], set()).add(message["member_id"])
+    return sent
