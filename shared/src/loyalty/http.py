@@ -8,6 +8,7 @@ Errors are always `{"error": {"code", "message"}}` with a fitting status. `/heal
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,12 @@ from aiohttp import web
 from loyalty import metrics
 
 log = structlog.get_logger(__name__)
+
+URL_LEN_MAX = 4096
+# aiohttp's own limit on a request line: above ours, so a long target gets our error body.
+REQUEST_LINE_BYTES_MAX = 1024 * 1024
+# NUL and lone surrogates; U+FFFD stands for bytes that were not UTF-8 once decoded.
+_UNUSABLE = re.compile("[\x00\ud800-\udfff\ufffd]")
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 """Returns None when ready, else why not."""
@@ -43,6 +50,8 @@ def make_app(api_token: str, readiness: ReadinessCheck) -> web.Application:
     async def errors_and_auth(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path.startswith("/v1/") and not _authorised(request, api_token):
             return error_response(401, "unauthorized", "missing or wrong bearer token")
+        if problem := malformed_request(request):
+            return error_response(*problem)
         try:
             return await handler(request)
         except HttpError as exc:
@@ -72,6 +81,21 @@ def make_app(api_token: str, readiness: ReadinessCheck) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_route)
     return app
+
+
+def malformed_request(request: web.Request) -> tuple[int, str, str] | None:
+    """Refuse, for every route at once, what no route can use: an overlong target, and path
+    segments or parameters holding NUL, lone surrogates or bytes that are not UTF-8 (Postgres
+    cannot take them; a route would fail with a 500)."""
+    if len(request.raw_path) > URL_LEN_MAX:
+        return 414, "uri_too_long", f"the request target is longer than {URL_LEN_MAX} bytes"
+    texts = [*request.match_info.values(), *request.query.keys(), *request.query.values()]
+    for text in texts:
+        if _UNUSABLE.search(text):
+            return (400, "invalid_parameter",
+                    "a path segment or parameter holds a NUL, a lone surrogate or bytes "
+                    "that are not UTF-8")
+    return None
 
 
 def _authorised(request: web.Request, api_token: str) -> bool:

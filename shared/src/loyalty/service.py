@@ -23,7 +23,7 @@ from faststream.kafka import KafkaBroker
 
 from loyalty import db, kafka
 from loyalty.clock import Clock, IdProvider, SystemClock, UuidIds
-from loyalty.http import make_app
+from loyalty.http import REQUEST_LINE_BYTES_MAX, make_app
 from loyalty.logging import configure_logging
 from loyalty.messaging import BatchConsumer, BatchHandler, Decoder, Handler, OutboxRelay
 from loyalty.settings import ServiceSettings
@@ -112,7 +112,7 @@ async def run_service(spec: ServiceSpec, stop: asyncio.Event | None = None) -> N
     spec.wire(runtime)
 
     # HTTP first: a taken port fails the start at once, and /readyz says when consumers joined.
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, max_line_size=REQUEST_LINE_BYTES_MAX)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, spec.http_port)
     await site.start()
