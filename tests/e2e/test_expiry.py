@@ -262,6 +262,10 @@ async def test_ulta_expirations_and_liability_are_in_the_programs_time_zone(
     ("/v1/programs/ulta/members/customer:%00/expirations", 400, "invalid_identifier"),
     ("/v1/programs/ulta/members/no-such-member/expirations", 404, "member_not_found"),
     ("/v1/programs/%00/liability", 400, "invalid_parameter"),
+    ("/v1/programs/%ED%A0%80/expirations", 400, "invalid_parameter"),
+    ("/v1/programs/ulta/expirations?x%00=1", 400, "invalid_parameter"),
+    ("/v1/programs/ulta/liability?format=%FF", 400, "invalid_parameter"),
+    ("/v1/programs/ulta/members/%C0%80/expirations", 404, "member_not_found"),
 ])
 async def test_malformed_requests_are_4xx_with_an_error_body(world: ExpiryWorld, path: str,
                                                              status: int, code: str) -> None:

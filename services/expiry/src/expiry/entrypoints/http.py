@@ -12,10 +12,10 @@
 `from`/`to`: RFC 3339 with an offset, or a date (the start of that day in the program's time
 zone); `from` defaults to now, `to` to no end; `from` is included, `to` is not.
 
-Result codes, in the order they are checked: 400 `invalid_parameter` (a malformed program id,
-`from`, `to`, `format` or `limit`), 400 `invalid_phone` / `invalid_email` /
-`invalid_identifier` (a `{ref}` that cannot be anyone's), 404 `program_not_found`,
-404 `member_not_found`, 400 `invalid_cursor`.
+Result codes, in the order they are checked: 400 `invalid_parameter` (any query parameter
+that is not printable UTF-8, a malformed program id, `from`, `to`, `format` or `limit`),
+400 `invalid_phone` / `invalid_email` / `invalid_identifier` (a `{ref}` that cannot be
+anyone's), 404 `program_not_found`, 404 `member_not_found`, 400 `invalid_cursor`.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ _PROGRAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def add_routes(app: web.Application, reads: ExpiryReads, clock: Clock) -> None:
     async def program_of(request: web.Request) -> tuple[Program, dict]:
+        _check_query(request)
         program_id = request.match_info["program_id"]
         if not _PROGRAM_ID.match(program_id):
             raise HttpError(400, "invalid_parameter",
@@ -122,6 +123,15 @@ def add_routes(app: web.Application, reads: ExpiryReads, clock: Clock) -> None:
     app.router.add_get("/v1/programs/{program_id}/members/{ref}/expirations",
                        member_expirations)
     app.router.add_get("/v1/programs/{program_id}/liability", liability)
+
+
+def _check_query(request: web.Request) -> None:
+    """Any parameter with NUL, control characters or bytes that are not UTF-8 is refused,
+    used by the route or not: it is a broken client, and it must not reach the database."""
+    for key, value in request.query.items():
+        if len(key) > PARAM_LENGTH_MAX_CHARS or not (key.isprintable() and value.isprintable()):
+            raise HttpError(400, "invalid_parameter",
+                            "query parameters must be printable UTF-8 text")
 
 
 def _wants_csv(request: web.Request) -> bool:
