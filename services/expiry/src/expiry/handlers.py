@@ -264,12 +264,17 @@ async def sweep(repo: ExpiryRepository, transaction: Transaction, as_of: datetim
 async def _expire_due_lots(repo: ExpiryRepository, programs: dict[str, Program],
                            as_of: datetime, limits: SweepLimits, report: SweepReport) -> bool:
     lots = await repo.due_lots(as_of, limits.lots_per_batch_max)
+    full = len(lots) == limits.lots_per_batch_max
     if lots:
-        watermarks = await repo.last_activity((lot.program_id, lot.member_id) for lot in lots)
+        keys = list(dict.fromkeys((lot.program_id, lot.member_id) for lot in lots))
+        # Up to as many again: the same members' other due lots join their commands.
+        lots += await repo.more_due_lots_of(keys, as_of, [lot.lot_id for lot in lots],
+                                            limits.lots_per_batch_max)
+        watermarks = await repo.last_activity(keys)
         await _send_orders(repo, programs, plan_expire_orders(
             lots, kind="expiry", as_of=as_of, last_activity=watermarks,
             lots_per_command_max=limits.lots_per_command_max), report)
-    return len(lots) == limits.lots_per_batch_max
+    return full
 
 
 async def _expire_inactive(repo: ExpiryRepository, programs: dict[str, Program],

@@ -218,3 +218,19 @@ async def test_a_dry_run_forecasts_and_changes_nothing(world) -> None:
     assert await world.balance("p1", "m1") == 100 and world.commands == []
     real = await world.sweep(END_OF_FEB)
     assert dict(real.points) == dict(forecast.points)
+
+
+async def test_a_members_due_lots_go_in_one_command_even_when_others_are_due_between(
+        world) -> None:
+    await world.program(program())
+    for member in ("a", "b"):
+        await world.member("p1", member, phone="+37060000001")
+    await world.earn("p1", "a", 10, T0)
+    await world.earn("p1", "b", 20, T0 + timedelta(days=1))
+    await world.earn("p1", "a", 30, T0 + timedelta(days=2))
+    report = await world.sweep(END_OF_FEB + timedelta(days=3),
+                               limits=SweepLimits(lots_per_batch_max=2))
+    assert sorted((c["member_id"], len(c["lots"])) for c in world.commands) == [
+        ("a", 2), ("b", 1)]
+    assert report.lots["expiry"] == 3
+    assert await world.balance("p1", "a") == await world.balance("p1", "b") == 0

@@ -231,6 +231,21 @@ class ExpiryRepository:
             as_of, limit)
         return [_lot(r) for r in rows]
 
+    async def more_due_lots_of(self, keys: Sequence[tuple[str, str]], as_of: datetime,
+                               picked: Sequence[int], limit: int) -> list[LotDue]:
+        """The other due lots of these members, so each member's due lots go in one command
+        even when other members' lots came between them in due order."""
+        rows = await self.conn.fetch(
+            "SELECT l.lot_id, l.program_id, l.member_id, l.remaining, l.earned_at, l.expires_at"
+            " FROM lots l JOIN programs p USING (program_id)"
+            " WHERE (l.program_id, l.member_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+            f" AND l.expires_at <= $3 AND {_OPEN_LOT} AND NOT l.exempt"
+            " AND l.lot_id <> ALL($4::bigint[])"
+            " AND (p.redemption_closes_at IS NULL OR l.expires_at < p.redemption_closes_at)"
+            " ORDER BY l.expires_at, l.lot_id LIMIT $5 FOR UPDATE OF l SKIP LOCKED",
+            [k[0] for k in keys], [k[1] for k in keys], as_of, list(picked), limit)
+        return [_lot(r) for r in rows]
+
     async def inactive_members(self, as_of: datetime, limit: int
                                ) -> list[tuple[str, str, datetime | None, datetime]]:
         """Members of inactivity programs whose deadline passed and who still hold points."""
