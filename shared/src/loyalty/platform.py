@@ -58,7 +58,7 @@ def _clock() -> str:
 def env_prefix(name: str) -> str:
     return f"LOYALTY_{SERVICES[name][1].upper()}"
 READY_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 4.0  # SIGTERM to SIGKILL: a drained service stops in well under a second
+STOP_TIMEOUT_S = 3.0  # SIGTERM to SIGKILL: a drained service stops in well under a second
 SUPERVISE_INTERVAL_S = 0.5
 RESTART_BACKOFF_START_S = 1.0
 RESTART_BACKOFF_MAX_S = 30.0

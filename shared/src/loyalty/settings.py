@@ -35,6 +35,6 @@ class ServiceSettings(BaseSettings):
         50, validation_alias=_env("LOYALTY_OUTBOX_POLL_INTERVAL_MS"), ge=1)
     retry_backoff_max_ms: int = Field(
         5_000, validation_alias=_env("LOYALTY_RETRY_BACKOFF_MAX_MS"), ge=10)
-    # A service's own stop: `loyalty up` has drained already, and kills after 4 s.
+    # A service's own stop: `loyalty up` has drained already, and kills after 3 s.
     shutdown_drain_timeout_s: float = Field(
         3.0, validation_alias=_env("LOYALTY_SHUTDOWN_DRAIN_TIMEOUT_S"), ge=0)

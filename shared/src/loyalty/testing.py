@@ -180,10 +180,14 @@ class Api:
         deadline = time.monotonic() + timeout_s
         last: Any = None
         while time.monotonic() < deadline:
-            status, body = await self.get(path)
-            last = (status, body)
-            if status == 200 and ok(body):
-                return body
+            try:
+                status, body = await self.get(path)
+            except aiohttp.ClientConnectionError as exc:  # the service is (re)starting
+                last = exc
+            else:
+                last = (status, body)
+                if status == 200 and ok(body):
+                    return body
             await asyncio.sleep(0.05)
         raise AssertionError(f"GET {path}: condition not met in {timeout_s}s; last {last}")
 
