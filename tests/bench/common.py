@@ -20,6 +20,13 @@ from loyalty.programs import load_programs_file
 async def own_platform(*services: str) -> AsyncIterator[str]:
     """Embedded Postgres and Tansu (or LOYALTY_* servers), `services` as processes, the demo
     programs applied when earn runs; yields the broker address."""
+    async with own_running_platform(*services) as (bootstrap, _):
+        yield bootstrap
+
+
+@asynccontextmanager
+async def own_running_platform(*services: str) -> AsyncIterator[tuple[str, Platform]]:
+    """`own_platform`, yielding the running `Platform` too (its services' URLs and token)."""
     tmp = Path(tempfile.mkdtemp(prefix="loyalty-bench-"))
     infra = start_infrastructure(tmp)
     platform = Platform(infra.pg_dsn, infra.kafka_bootstrap, secrets.token_urlsafe(8), tmp,
@@ -33,7 +40,7 @@ async def own_platform(*services: str) -> AsyncIterator[str]:
             await publish_programs(infra.kafka_bootstrap, programs)
             await wait_programs_applied(platform.services["earn"].url, platform.api_token,
                                         programs)
-        yield infra.kafka_bootstrap
+        yield infra.kafka_bootstrap, platform
     finally:
         platform.stop()
         infra.stop()
