@@ -20,7 +20,7 @@ from pathlib import Path
 from common import own_running_platform
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from test_hostile_input import (  # noqa: E402
+from test_hostile_input import (
     CORPORA,
     apis_of,
     dead_letters_of,
@@ -28,7 +28,7 @@ from test_hostile_input import (  # noqa: E402
     publish_corpus,
 )
 
-from loyalty.testing import Kafka, unique  # noqa: E402
+from loyalty.testing import Kafka, unique
 
 TIMEOUT_S = 300.0
 
