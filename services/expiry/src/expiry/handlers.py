@@ -209,6 +209,7 @@ class SweepReport:
     notices: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     forecast: list[str] = field(default_factory=list)  # one line per decision (dry runs)
     forecast_max: int = 0
+    due_lots_after: tuple[datetime, int] | None = None  # where the next batch starts
 
     def note(self, line: str) -> None:
         if len(self.forecast) < self.forecast_max:
@@ -263,9 +264,12 @@ async def sweep(repo: ExpiryRepository, transaction: Transaction, as_of: datetim
 
 async def _expire_due_lots(repo: ExpiryRepository, programs: dict[str, Program],
                            as_of: datetime, limits: SweepLimits, report: SweepReport) -> bool:
-    lots = await repo.due_lots(as_of, limits.lots_per_batch_max)
+    lots = await repo.due_lots(as_of, limits.lots_per_batch_max, report.due_lots_after)
     full = len(lots) == limits.lots_per_batch_max
     if lots:
+        last = lots[-1]
+        assert last.expires_at is not None
+        report.due_lots_after = (last.expires_at, last.lot_id)
         keys = list(dict.fromkeys((lot.program_id, lot.member_id) for lot in lots))
         # Up to as many again: the same members' other due lots join their commands.
         lots += await repo.more_due_lots_of(keys, as_of, [lot.lot_id for lot in lots],

@@ -220,15 +220,20 @@ class ExpiryRepository:
 
     # The sweep ----------------------------------------------------------------------------
 
-    async def due_lots(self, as_of: datetime, limit: int) -> list[LotDue]:
-        """Lots due by their own expiry (before any sunset of their program), soonest first."""
+    async def due_lots(self, as_of: datetime, limit: int,
+                       after: tuple[datetime, int] | None = None) -> list[LotDue]:
+        """Lots due by their own expiry (before any sunset of their program), soonest first,
+        after `after` (the last lot a previous batch of the same sweep picked: each batch
+        starts where the last ended instead of stepping over the lots it just marked)."""
+        start_at, start_id = after or (datetime.min.replace(tzinfo=as_of.tzinfo), 0)
         rows = await self.conn.fetch(
             "SELECT l.lot_id, l.program_id, l.member_id, l.remaining, l.earned_at, l.expires_at"
             " FROM lots l JOIN programs p USING (program_id)"
             f" WHERE l.expires_at <= $1 AND {_OPEN_LOT} AND NOT l.exempt"
+            " AND (l.expires_at, l.lot_id) > ($3, $4)"
             " AND (p.redemption_closes_at IS NULL OR l.expires_at < p.redemption_closes_at)"
             " ORDER BY l.expires_at, l.lot_id LIMIT $2 FOR UPDATE OF l SKIP LOCKED",
-            as_of, limit)
+            as_of, limit, start_at, start_id)
         return [_lot(r) for r in rows]
 
     async def more_due_lots_of(self, keys: Sequence[tuple[str, str]], as_of: datetime,
