@@ -259,7 +259,48 @@ PROGRAMS = TopicCorpus(topics.PROGRAMS, G, program_applied, [
          changed(G, ("earning", {"points_per_unit": 1, "sku_bonus": {"X": 2**63}}))),
 ])
 
-CORPORA = [PURCHASES, ACTIVITIES, ADJUSTMENTS, PROGRAMS]
+# --- redemptions -------------------------------------------------------------------------
+
+
+def valid_redemption() -> dict[str, Any]:
+    """A well-formed request of a shopper the platform has never seen: it takes effect as an
+    order (`rejected`: unknown member), which is all the corpus needs to see."""
+    return {"event_id": unique("red"), "type": "redemption.requested", "occurred_at": OCTOBER,
+            "program_id": PROGRAM, "customer": {"phone": unique_phone()},
+            "reward_id": "mug", "quantity": 1, "delivery": {"channel": "sms"}}
+
+
+async def order_exists(apis: dict[str, Api], message: dict[str, Any]) -> bool:
+    status, _ = await apis["reward-fulfilment"].get(f"/v1/orders/{message['event_id']}")
+    return status == 200
+
+
+def cancellation(order_id: str) -> Callable[..., bytes]:
+    return literal(json.dumps({
+        "event_id": unique("cancel"), "type": "redemption.cancelled", "occurred_at": OCTOBER,
+        "program_id": PROGRAM, "order_id": order_id, "reason": "customer complaint"}).encode())
+
+
+R = valid_redemption
+REDEMPTIONS = TopicCorpus(topics.REDEMPTIONS, R, order_exists, [
+    *common_cases(R),
+    Case("unknown type", "invalid_field", changed(R, ("type", "redemption.exploded"))),
+    Case("quantity 0", "invalid_field", changed(R, ("quantity", 0))),
+    Case("quantity 2^63", "invalid_field", changed(R, ("quantity", 2**63))),
+    Case("quantity as a string", "invalid_field", changed(R, ("quantity", "1"))),
+    Case("unknown delivery channel", "invalid_field",
+         changed(R, ("delivery", {"channel": "pigeon"}))),
+    Case("NUL in reward_id", "invalid_field", changed(R, ("reward_id", "gift\u000010"))),
+    Case("reward_id missing", "missing_field", changed(R, ("reward_id", DELETE))),
+    Case("a phone that is not one", "invalid_phone", changed(R, ("customer", {"phone": "12"}))),
+    Case("a locale that does not exist", "invalid_field", changed(R, ("locale", "xx-XX"))),
+    Case("cancelling an unknown order", "unknown_order", cancellation("no-such-order")),
+    Case("cancellation without a reason", "missing_field",
+         changed(lambda: json.loads(cancellation("o")(None)), ("reason", DELETE))),
+    Case("same event id, another payload", "id_conflict", conflicting("reward_id", "gift-card-10")),
+])
+
+CORPORA = [PURCHASES, ACTIVITIES, ADJUSTMENTS, PROGRAMS, REDEMPTIONS]
 
 
 # --- the run -----------------------------------------------------------------------------

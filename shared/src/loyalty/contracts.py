@@ -228,7 +228,7 @@ class RedemptionRequested(_Message):
     program_id: Id
     customer: Customer
     reward_id: Id
-    quantity: Annotated[int, Field(ge=1, le=QUANTITY_MAX)] = 1
+    quantity: Annotated[int, Field(strict=True, ge=1, le=QUANTITY_MAX)] = 1
     delivery: Delivery = Delivery()
     locale: LocaleTag | None = None
 
