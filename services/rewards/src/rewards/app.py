@@ -16,9 +16,9 @@ MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 def build(settings: Settings | None = None) -> ServiceSpec:
     settings = settings or Settings()
-    vault = CodeVault.from_settings()  # fails the start on a bad key, before consuming
 
     def wire(runtime: Runtime) -> None:
+        vault = CodeVault.from_settings()  # a bad key fails the start, before consuming
         deps = handlers.Deps(clock=runtime.clock, hold_timeout_s=settings.hold_timeout_s,
                              step_timeout_s=settings.step_timeout_s,
                              member_wait_s=settings.member_wait_s)

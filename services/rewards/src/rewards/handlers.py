@@ -209,7 +209,8 @@ async def _carry_out(repo: RewardsRepository, deps: Deps, row: OrderRow, effects
         if isinstance(effect, PublishStatus):
             await _publish_status(repo, row, effect, now, outbox)
         elif isinstance(effect, SendLedgerCommand):
-            program = program or await repo.program(row.program_id)
+            if effect.step == "refund":  # a refund expires as the program's earnings do
+                program = program or await repo.program(row.program_id)
             _send(row, effect.step, program, now, deps, outbox)
             row.deadline_at = now + timedelta(seconds=deps.step_timeout_s)
         elif isinstance(effect, Allocate):

@@ -207,12 +207,15 @@ class RewardsRepository:
         if not identifiers:
             return None
         rows = await self.conn.fetch(
-            "SELECT kind, value, member_id FROM identifiers WHERE program_id = $1"
-            " AND (kind, value) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
+            "SELECT i.kind, i.value, m.* FROM identifiers i JOIN members m"
+            " ON m.program_id = i.program_id AND m.member_id = i.member_id"
+            " WHERE i.program_id = $1"
+            " AND (i.kind, i.value) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
             program_id, [k for k, _ in identifiers], [v for _, v in identifiers])
-        owners = {(r["kind"], r["value"]): r["member_id"] for r in rows}
-        member_id = next((owners[i] for i in identifiers if i in owners), None)
-        return None if member_id is None else await self.member(program_id, member_id)
+        owners = {(r["kind"], r["value"]): r for r in rows}
+        r = next((owners[i] for i in identifiers if i in owners), None)
+        return None if r is None else Member(r["program_id"], r["member_id"], r["locale"],
+                                             r["channel"], r["phone"], r["email"])
 
     async def member(self, program_id: str, member_id: str) -> Member | None:
         r = await self.conn.fetchrow(
