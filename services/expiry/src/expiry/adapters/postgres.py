@@ -225,15 +225,18 @@ class ExpiryRepository:
         """Lots due by their own expiry (before any sunset of their program), soonest first,
         after `after` (the last lot a previous batch of the same sweep picked: each batch
         starts where the last ended instead of stepping over the lots it just marked)."""
-        start_at, start_id = after or (datetime.min.replace(tzinfo=as_of.tzinfo), 0)
-        rows = await self.conn.fetch(
+        query = (
             "SELECT l.lot_id, l.program_id, l.member_id, l.remaining, l.earned_at, l.expires_at"
             " FROM lots l JOIN programs p USING (program_id)"
-            f" WHERE l.expires_at <= $1 AND {_OPEN_LOT} AND NOT l.exempt"
-            " AND (l.expires_at, l.lot_id) > ($3, $4)"
+            f" WHERE l.expires_at <= $1 AND {_OPEN_LOT} AND NOT l.exempt{{after}}"
             " AND (p.redemption_closes_at IS NULL OR l.expires_at < p.redemption_closes_at)"
-            " ORDER BY l.expires_at, l.lot_id LIMIT $2 FOR UPDATE OF l SKIP LOCKED",
-            as_of, limit, start_at, start_id)
+            " ORDER BY l.expires_at, l.lot_id LIMIT $2 FOR UPDATE OF l SKIP LOCKED")
+        if after is None:
+            rows = await self.conn.fetch(query.format(after=""), as_of, limit)
+        else:
+            rows = await self.conn.fetch(
+                query.format(after=" AND (l.expires_at, l.lot_id) > ($3, $4)"), as_of, limit,
+                *after)
         return [_lot(r) for r in rows]
 
     async def more_due_lots_of(self, keys: Sequence[tuple[str, str]], as_of: datetime,
