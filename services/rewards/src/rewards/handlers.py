@@ -20,7 +20,7 @@ from loyalty.clock import Clock, stable_id
 from loyalty.contracts import LedgerEvent, MemberEvent, RedemptionCancelled, RedemptionRequested
 from loyalty.expiry import expires_at_for
 from loyalty.identifiers import InvalidIdentifier, normalise_customer
-from loyalty.ledger_commands import Capture, Credit, Release, Reserve
+from loyalty.ledger_commands import POINTS_MAX, Capture, Credit, Release, Reserve
 from loyalty.messaging import Outbox, Rejected
 from loyalty.notifications import build_notification, choose_channel
 from loyalty.programs import ProgramDefinition
@@ -47,6 +47,7 @@ SERVICE = "rewards"
 STEPS = ("reserve", "capture", "release", "refund")
 DELIVERY_CHANNEL = "rewards_delivery"  # NOTIFY channel: wakes the delivery job on commit
 WAITING = AWAITING_LEDGER | {State.IDENTIFYING}
+MEMBER_RECHECK_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ async def redemption_requested(repo: RewardsRepository, deps: Deps, event: Redem
         closes_at=program and program.lifecycle.redemption_closes_at
         and program.lifecycle.redemption_closes_at.isoformat(),
         reward_known=reward is not None, reward_id=event.reward_id,
-        program_id=event.program_id, member_known=member_known, reachable=bool(route))
+        program_id=event.program_id, member_known=member_known, reachable=bool(route),
+        points=(reward.points if reward else 0) * event.quantity, points_max=POINTS_MAX)
     now = deps.clock.now()
     kind = reward.kind if reward else "code"
     saga = Order.request(event.event_id, kind, (reward.points if reward else 0) * event.quantity,
@@ -102,7 +104,8 @@ async def redemption_requested(repo: RewardsRepository, deps: Deps, event: Redem
         quantity=event.quantity, delivery_channel=event.delivery.channel,
         locale=event.locale or (member.locale if member else None),
         requested_at=event.occurred_at, updated_at=now,
-        deadline_at=now + timedelta(seconds=deps.member_wait_s), attempts=0, saga=saga)
+        deadline_at=now + timedelta(seconds=min(MEMBER_RECHECK_INTERVAL_S, deps.member_wait_s)),
+        attempts=0, saga=saga)
     effects = saga.take()
     if not await repo.insert_order(row):
         return  # the same request again (the inbox normally stops it before this)
@@ -170,17 +173,32 @@ async def member_event(repo: RewardsRepository, deps: Deps, event: MemberEvent,
         member = await repo.member(event.program_id, event.member_id)
         if row is None or member is None:
             continue
-        row.member_id = member.member_id
-        row.locale = row.locale or member.locale
-        route = choose_channel(row.delivery_channel or member.channel, member.phone,
-                               member.email)
-        await _carry_out(repo, deps, row, row.saga.member_found(bool(route)), outbox)
+        _adopt(row, member)
+        await _carry_out(repo, deps, row, row.saga.member_found(bool(route_of(row, member))),
+                         outbox)
+
+
+def _adopt(row: OrderRow, member: Member) -> None:
+    row.member_id = member.member_id
+    row.locale = row.locale or member.locale
 
 
 async def time_out(repo: RewardsRepository, deps: Deps, row: OrderRow, outbox: Outbox) -> None:
-    """A waiting step's deadline passed: give up on the member, or resend the command."""
+    """A waiting step's deadline passed: look for the member again (its event may have
+    committed while the request's transaction did not see it yet), give up on it after
+    `member_wait_s`, or resend the ledger command."""
     if row.saga.state == State.IDENTIFYING:
-        effects = row.saga.member_wait_expired()
+        pairs = [tuple(i.split(":", 1)) for i in row.identifiers]
+        member = await repo.find_member(row.program_id, pairs)  # type: ignore[arg-type]
+        row.attempts += 1
+        if member is not None:
+            _adopt(row, member)
+            effects = row.saga.member_found(bool(route_of(row, member)))
+        elif row.attempts * MEMBER_RECHECK_INTERVAL_S >= deps.member_wait_s:
+            effects = row.saga.member_wait_expired()
+        else:
+            row.deadline_at = deps.clock.now() + timedelta(seconds=MEMBER_RECHECK_INTERVAL_S)
+            effects = []
     else:
         effects = row.saga.stalled()
         row.attempts += 1

@@ -61,6 +61,8 @@ def test_a_refused_request_is_requested_then_rejected_with_the_reason() -> None:
     ({"program_known": False, "redemption_open": False, "reward_known": False}, "unknown_program"),
     ({"redemption_open": False, "reward_known": False}, "redemption_closed"),
     ({"reward_known": False, "member_known": False}, "unknown_reward"),
+    ({"points": 1_000_000_001, "member_known": False}, "too_many_points"),
+    ({"points": 1_000_000_000}, None),
     ({"member_known": False}, "unknown_member"),
     ({"reachable": False}, "unreachable"),
     ({"member_known": None, "reachable": False}, None),  # not known yet: wait, don't refuse

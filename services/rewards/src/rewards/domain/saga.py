@@ -117,10 +117,12 @@ class Rejection:
 
 def check_request(*, program_known: bool, redemption_open: bool, closes_at: str | None,
                   reward_known: bool, reward_id: str, program_id: str,
-                  member_known: bool | None, reachable: bool) -> Rejection | None:
+                  member_known: bool | None, reachable: bool, points: int = 0,
+                  points_max: int = 1_000_000_000) -> Rejection | None:
     """Why a request is refused, first applicable in this order: `unknown_program`,
-    `redemption_closed`, `unknown_reward`, `unknown_member` (member_known False; None means
-    not known yet, so wait), `unreachable` (no phone or e-mail to send the reward to)."""
+    `redemption_closed`, `unknown_reward`, `too_many_points` (price x quantity above what one
+    ledger command may move), `unknown_member` (member_known False; None means not known
+    yet, so wait), `unreachable` (no phone or e-mail to send the reward to)."""
     if not program_known:
         return Rejection("unknown_program", f"program {program_id!r} is not defined")
     if not redemption_open:
@@ -128,6 +130,9 @@ def check_request(*, program_known: bool, redemption_open: bool, closes_at: str 
                          f"redemption in {program_id} closed at {closes_at}")
     if not reward_known:
         return Rejection("unknown_reward", f"{program_id} has no reward {reward_id!r}")
+    if points > points_max:
+        return Rejection("too_many_points", f"{points} points is more than one order may "
+                         f"spend ({points_max})")
     if member_known is False:
         return Rejection("unknown_member", "no member of the program has these identifiers")
     if member_known and not reachable:
