@@ -138,7 +138,8 @@ async def main(lots: int, members: int, batch_lots: int) -> None:
 
             started = time.perf_counter()
             report = await run_sweep(pool, datetime.now(UTC),
-                                     SweepLimits(lots_per_batch_max=batch_lots))
+                                     SweepLimits(lots_per_batch_max=batch_lots),
+                                     run_id=uuid.uuid4().hex)
             decided = time.perf_counter() - started
             print(f"sweep: {report.summary()}")
             print(f"sweep: {report.lots['expiry']:,} lots decided in {decided:.2f}s "

@@ -25,7 +25,7 @@ from expiry.adapters.sweeper import run_sweep
 from expiry.domain.schedule import AsOfInFuture, check_as_of
 from expiry.handlers import SweepLimits, SweepReport
 from loyalty import db
-from loyalty.clock import SystemClock
+from loyalty.clock import SystemClock, UuidIds
 
 FORECAST_LINES_MAX = 10_000
 SCHEMA = "expiry"
@@ -101,7 +101,7 @@ async def _sweep(dsn: str, as_of: datetime, limits: SweepLimits, dry_run: bool
     try:
         if not await pool.fetchval("SELECT to_regclass('expiry.lots') IS NOT NULL"):
             raise OSError("the expiry schema is not migrated: start the expiry-scheduler once")
-        return await run_sweep(pool, as_of, limits, dry_run=dry_run,
+        return await run_sweep(pool, as_of, limits, run_id=UuidIds().new_id(), dry_run=dry_run,
                                forecast_max=FORECAST_LINES_MAX if dry_run else 0)
     finally:
         await pool.close()

@@ -203,6 +203,7 @@ class SweepLimits:
 @dataclass
 class SweepReport:
     as_of: datetime
+    run_id: str = ""  # names this sweep's commands (see `expire_command_id`)
     commands: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     lots: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     points: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -277,7 +278,7 @@ async def _expire_due_lots(repo: ExpiryRepository, programs: dict[str, Program],
         watermarks = await repo.last_activity(keys)
         await _send_orders(repo, programs, plan_expire_orders(
             lots, kind="expiry", as_of=as_of, last_activity=watermarks,
-            lots_per_command_max=limits.lots_per_command_max), report)
+            lots_per_command_max=limits.lots_per_command_max, run_id=report.run_id), report)
     return full
 
 
@@ -291,7 +292,7 @@ async def _expire_inactive(repo: ExpiryRepository, programs: dict[str, Program],
             lots, kind="inactivity", as_of=as_of,
             last_activity={(p, m): at for p, m, at, _ in members},
             due_at={(p, m): due for p, m, _, due in members},
-            lots_per_command_max=limits.lots_per_command_max), report)
+            lots_per_command_max=limits.lots_per_command_max, run_id=report.run_id), report)
     return len(members) == limits.members_per_batch_max
 
 
@@ -302,7 +303,7 @@ async def _expire_sunset(repo: ExpiryRepository, programs: dict[str, Program],
         watermarks = await repo.last_activity(closes)
         await _send_orders(repo, programs, plan_expire_orders(
             lots, kind="sunset", as_of=as_of, last_activity=watermarks, due_at=closes,
-            lots_per_command_max=limits.lots_per_command_max), report)
+            lots_per_command_max=limits.lots_per_command_max, run_id=report.run_id), report)
     return len(lots) == limits.lots_per_batch_max
 
 

@@ -236,3 +236,23 @@ async def test_a_members_due_lots_go_in_one_command_even_when_others_are_due_bet
         ("a", 2), ("b", 1)]
     assert report.lots["expiry"] == 3
     assert await world.balance("p1", "a") == await world.balance("p1", "b") == 0
+
+
+async def test_points_all_held_at_the_due_instant_expire_once_released_even_as_of_then(
+        world) -> None:
+    await world.program(program())
+    await world.member("p1", "m1", phone="+37060000001")
+    await world.earn("p1", "m1", 100, T0)
+    world.clock.set(END_OF_FEB - timedelta(minutes=1))
+    hold = await world.command(type="reserve", program_id="p1", member_id="m1", points=100,
+                               occurred_at=END_OF_FEB - timedelta(minutes=1),
+                               source={"kind": "redemption", "id": "o1"})
+    await world.sweep(END_OF_FEB)
+    assert await world.balance("p1", "m1") == 100  # all of it held: nothing expired
+    await world.command(type="release", program_id="p1", member_id="m1", hold_id=hold,
+                        occurred_at=END_OF_FEB, source={"kind": "redemption", "id": "o1"})
+    again = await world.sweep(END_OF_FEB)  # the same instant, the same lots and points
+    assert dict(again.points) == {"expiry": 100}
+    assert await world.balance("p1", "m1") == 0
+    assert await world.expiry_pool.fetchval(
+        "SELECT count(*) FROM lots WHERE pending_command_id IS NOT NULL") == 0

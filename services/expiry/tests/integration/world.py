@@ -153,7 +153,7 @@ class World:
     async def sweep(self, as_of: datetime, *, dry_run: bool = False, pump: bool = True,
                     limits: SweepLimits | None = None) -> SweepReport:
         report = await run_sweep(self.expiry_pool, as_of, limits or SweepLimits(),
-                                 dry_run=dry_run, forecast_max=1000)
+                                 run_id=UuidIds().new_id(), dry_run=dry_run, forecast_max=1000)
         if pump:
             self.clock.set(max(self.clock.now(), as_of))
             await self.pump()

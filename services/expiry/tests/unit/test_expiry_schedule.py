@@ -145,6 +145,7 @@ def test_the_same_decision_has_the_same_command_id_and_another_does_not():
     key = ("p", "a")
     same = expire_command_id("expiry", key, DUE, [(1, 100)])
     assert same == expire_command_id("expiry", key, DUE, [(1, 100)])
+    assert same != expire_command_id("expiry", key, DUE, [(1, 100)], "another sweep")
     assert same != expire_command_id("expiry", key, DUE, [(1, 99)])
     assert same != expire_command_id("sunset", key, DUE, [(1, 100)])
     assert same != expire_command_id("expiry", key, DUE + timedelta(seconds=1), [(1, 100)])

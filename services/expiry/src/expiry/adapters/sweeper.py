@@ -14,10 +14,10 @@ from expiry.adapters.postgres import ExpiryRepository
 from expiry.handlers import SweepLimits, SweepReport
 
 
-async def run_sweep(pool: asyncpg.Pool, as_of: datetime, limits: SweepLimits, *,
+async def run_sweep(pool: asyncpg.Pool, as_of: datetime, limits: SweepLimits, *, run_id: str,
                     dry_run: bool = False, on_commit: Callable[[], None] = lambda: None,
                     forecast_max: int = 0) -> SweepReport:
-    report = SweepReport(as_of, forecast_max=forecast_max)
+    report = SweepReport(as_of, run_id=run_id, forecast_max=forecast_max)
     async with pool.acquire() as conn:
         repo = ExpiryRepository(conn)
         if not dry_run:

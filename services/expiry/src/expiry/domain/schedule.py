@@ -121,7 +121,7 @@ def notice_due(due_at: datetime, days_before: Sequence[int], as_of: datetime
 def plan_expire_orders(lots: Iterable[LotDue], *, kind: ExpireKind, as_of: datetime,
                        last_activity: dict[tuple[str, str], datetime | None],
                        due_at: dict[tuple[str, str], datetime] | None = None,
-                       lots_per_command_max: int) -> list[ExpireOrder]:
+                       lots_per_command_max: int, run_id: str = "") -> list[ExpireOrder]:
     """Group due lots into expire orders: one per member (split every
     `lots_per_command_max` lots), members in the order their first lot came.
 
@@ -143,17 +143,19 @@ def plan_expire_orders(lots: Iterable[LotDue], *, kind: ExpireKind, as_of: datet
             own = [lot.expires_at for lot in chunk if lot.expires_at is not None]
             due = (due_at or {}).get(key) or (min(own) if own else as_of)
             orders.append(ExpireOrder(
-                command_id=expire_command_id(kind, key, as_of, named),
+                command_id=expire_command_id(kind, key, as_of, named, run_id),
                 program_id=key[0], member_id=key[1], kind=kind, lots=named,
                 watermark=watermark, as_of=as_of, due_at=due))
     return orders
 
 
 def expire_command_id(kind: str, member: tuple[str, str], as_of: datetime,
-                      lots: Sequence[tuple[int, int]]) -> str:
-    """The same decision (kind, member, instant, lots and points) always has the same id, so
-    a sweep repeated after a crash cannot expire anything twice even at the ledger's door."""
-    return stable_id("expire", kind, *member, as_of.isoformat(),
+                      lots: Sequence[tuple[int, int]], run_id: str = "") -> str:
+    """The id of one decision of one sweep run (`run_id`): kind, member, instant, lots and
+    points. The run is part of it because a later sweep may rightly decide the same again
+    (points that were held at the first attempt, released since): the ledger's inbox would
+    drop a repeated id without an answer, and the lots would wait for one forever."""
+    return stable_id("expire", run_id, kind, *member, as_of.isoformat(),
                      *(f"{lot}:{points}" for lot, points in lots))
 
 

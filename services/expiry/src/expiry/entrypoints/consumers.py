@@ -100,7 +100,7 @@ def wire(runtime: Runtime) -> None:
 
         async def periodic_sweep() -> None:
             report = await run_sweep(runtime.pool, runtime.clock.now(), limits,
-                                     on_commit=runtime.relay.notify)
+                                     run_id=runtime.ids.new_id(), on_commit=runtime.relay.notify)
             if not report.empty:
                 log.info("sweep.done", summary=report.summary())
 
