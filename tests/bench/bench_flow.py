@@ -1,10 +1,20 @@
-"""Benchmark: purchases per second through the whole flow, and purchase-to-SMS latency.
+"""Benchmark (`make bench`): the whole flow, purchase -> points.credited -> SMS, as users run it.
 
-Runs against a platform started by `loyalty up` (found through .loyalty/runtime.json) or, if
-none is running, starts its own (embedded Postgres, Tansu, earn and ledger processes).
-Prints figures; asserts nothing about speed (shared machines are noisy).
+Starts its own platform (embedded Postgres with fsync on, Tansu, and all four services as
+separate processes: earn, ledger, expiry-scheduler following every ledger event, and
+reward-fulfilment), or uses a running `loyalty up` (found through .loyalty/runtime.json).
+Prints, in one run:
+- throughput: N purchases published at once, until every one is credited and has its SMS;
+- latency at a steady rate: p50/p95/p99 from publish to `points.credited` and to the SMS;
+- peak RSS of each service process;
+- the same purchases through a deliberately plain per-message pipeline (one transaction, one
+  acked produce and one offset commit per purchase) on the same broker and Postgres, and the
+  platform's ratio to it.
+Asserts nothing about speed (shared machines are noisy). `--profile` adds the top statements
+of pg_stat_statements.
 
-    uv run python tests/bench/bench_flow.py [--purchases 5000] [--members 1000] [--rate 50]
+    uv run python tests/bench/bench_flow.py [--purchases 20000] [--members 5000]
+        [--rate 2500] [--seconds 20] [--naive 2000] [--profile]
 """
 
 from __future__ import annotations
@@ -12,16 +22,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
+import os
 import statistics
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
+import asyncpg
+import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from common import own_platform, tail
+from aiokafka.structs import TopicPartition
+from common import own_running_platform, tail
 
 from loyalty import topics
+
+SERVICES = ("earn", "ledger", "expiry-scheduler", "reward-fulfilment")
+WAIT_S_MAX = 600.0
 
 
 def purchase(run: str, i: int, phone: str) -> dict:
@@ -34,96 +51,238 @@ def purchase(run: str, i: int, phone: str) -> dict:
     }
 
 
+class RssWatch:
+    """Peak resident memory of each service process, sampled every 0.5 s."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.peak = dict.fromkeys(pids, 0)
+        self.first: dict[str, int] = {}
+        self._task: asyncio.Task | None = None
+
+    def sample(self) -> None:
+        for name, proc in self.procs.items():
+            rss = proc.memory_info().rss
+            self.first.setdefault(name, rss)
+            self.peak[name] = max(self.peak[name], rss)
+
+    async def _run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(0.5)
+
+    def __enter__(self) -> RssWatch:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        self.sample()
+
+
+async def watch(consumer: AIOKafkaConsumer, wanted: set[str], key: str,
+                seen: dict[str, float]) -> None:
+    """Record when each of `wanted` (the value of `key` in a record) first appears."""
+    deadline = time.monotonic() + WAIT_S_MAX
+    while len(seen) < len(wanted) and time.monotonic() < deadline:
+        for records in (await consumer.getmany(timeout_ms=200)).values():
+            now = time.perf_counter()
+            for r in records:
+                value = json.loads(r.value)
+                ident = value.get(key) if key != "source" else value["source"]["id"]
+                if ident in wanted and ident not in seen:
+                    seen[ident] = now
+
+
 async def throughput(bootstrap: str, n: int, members: int) -> None:
     run = uuid.uuid4().hex[:8]
     phones = [f"+3706{i:07d}" for i in range(members)]
-    credited = await tail(bootstrap, topics.LEDGER)
-    sms = await tail(bootstrap, topics.NOTIFICATIONS_SMS)
+    events = [purchase(run, i, phones[i % members]) for i in range(n)]
+    ledger, sms = await tail(bootstrap, topics.LEDGER), await tail(bootstrap, topics.NOTIFICATIONS_SMS)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
+    credited: dict[str, float] = {}
+    notified_count = 0
+
+    async def count_sms() -> None:
+        nonlocal notified_count
+        deadline = time.monotonic() + WAIT_S_MAX
+        while notified_count < n and time.monotonic() < deadline:
+            for records in (await sms.getmany(timeout_ms=200)).values():
+                notified_count += sum(1 for r in records if b'"points_earned"' in r.value)
+        return None
+
     started = time.perf_counter()
-    futures = []
-    for i in range(n):
-        event = purchase(run, i, phones[i % members])
-        futures.append(await producer.send(topics.PURCHASES, json.dumps(event).encode(),
-                                           key=event["order_id"].encode()))
+    watchers = asyncio.gather(watch(ledger, {e["order_id"] for e in events}, "source", credited),
+                              count_sms())
+    futures = [await producer.send(topics.PURCHASES, json.dumps(e).encode(),
+                                   key=e["order_id"].encode()) for e in events]
     await asyncio.gather(*futures)
     published = time.perf_counter() - started
-
-    async def count(consumer: AIOKafkaConsumer, match: bytes) -> float:
-        seen = 0
-        while seen < n:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                seen += sum(1 for r in records if match in r.value)
-        return time.perf_counter() - started
-
-    done_credit, done_sms = await asyncio.gather(
-        count(credited, f'"id":"{run}-o'.encode()), count(sms, b'"points_earned"'))
-    print(f"throughput: {n} purchases over {members} members")
+    await watchers
+    done = time.perf_counter() - started
+    last_credit = max(credited.values()) - started
+    print(f"\nthroughput: {n:,} purchases over {members:,} members, published at once")
     print(f"  published in {published:.2f}s ({n / published:,.0f}/s)")
-    print(f"  all credited (points.credited) after {done_credit:.2f}s: {n / done_credit:,.0f}/s")
-    print(f"  all SMS emitted after {done_sms:.2f}s: {n / done_sms:,.0f} purchases/s end to end")
-    for consumer in (credited, sms):
+    print(f"  all credited after {last_credit:.2f}s: {n / last_credit:,.0f} purchases/s")
+    print(f"  all {notified_count:,} SMS emitted after {done:.2f}s: "
+          f"{n / done:,.0f} purchases/s end to end")
+    for consumer in (ledger, sms):
         await consumer.stop()
     await producer.stop()
 
 
-async def latency(bootstrap: str, n: int, rate: float) -> None:
+def percentiles(values: Iterable[float]) -> str:
+    ms = sorted(v * 1000 for v in values)
+    if not ms:
+        return "no samples"
+    def at(q: float) -> float:
+        return ms[min(len(ms) - 1, int(len(ms) * q))]
+    return f"p50 {statistics.median(ms):,.0f} ms, p95 {at(0.95):,.0f} ms, p99 {at(0.99):,.0f} ms"
+
+
+async def latency(bootstrap: str, rate: float, seconds: float) -> None:
+    """A steady `rate` of purchases, each by a new shopper (enrolment included)."""
     run = uuid.uuid4().hex[:8]
-    sms = await tail(bootstrap, topics.NOTIFICATIONS_SMS)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    n = int(rate * seconds)
+    phones = [f"+3709{int(run, 16) % 10**3:03d}{i:04d}" for i in range(n)]
+    events = [purchase(run, i, phones[i]) for i in range(n)]
+    ledger, sms = await tail(bootstrap, topics.LEDGER), await tail(bootstrap, topics.NOTIFICATIONS_SMS)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
     await producer.start()
     sent: dict[str, float] = {}
-    seen: dict[str, float] = {}
-
-    async def receive() -> None:
-        while len(seen) < n:
-            for records in (await sms.getmany(timeout_ms=200)).values():
-                for r in records:
-                    to = json.loads(r.value)["to"]
-                    if to in sent and to not in seen:
-                        seen[to] = time.perf_counter() - sent[to]
-
-    receiver = asyncio.create_task(receive())
-    for i in range(n):
-        phone = f"+3709{secrets.randbelow(10**7):07d}"
-        event = purchase(run, i, phone)
-        sent[phone] = time.perf_counter()
-        await producer.send_and_wait(topics.PURCHASES, json.dumps(event).encode(),
-                                     key=event["order_id"].encode())
-        await asyncio.sleep(1 / rate)
-    await asyncio.wait_for(receiver, 60)
-    ms = sorted(v * 1000 for v in seen.values())
-    print(f"latency: {n} purchases at {rate:.0f}/s, each a new member (enrolment included)")
-    print(f"  purchase published -> SMS on loyalty.notifications.sms.v1: "
-          f"p50 {statistics.median(ms):.0f} ms, p99 {ms[int(len(ms) * 0.99) - 1]:.0f} ms, "
-          f"max {ms[-1]:.0f} ms")
-    await sms.stop()
+    credited: dict[str, float] = {}
+    notified: dict[str, float] = {}
+    watchers = asyncio.gather(
+        watch(ledger, {e["order_id"] for e in events}, "source", credited),
+        watch(sms, set(phones), "to", notified))
+    tick_s = 0.01
+    per_tick = rate * tick_s
+    started = time.perf_counter()
+    i = 0
+    while i < n:
+        due = min(n, int((time.perf_counter() - started) / tick_s * per_tick) + 1)
+        while i < due:
+            e = events[i]
+            sent[e["order_id"]] = sent[e["customer"]["phone"]] = time.perf_counter()
+            await producer.send(topics.PURCHASES, json.dumps(e).encode(),
+                                key=e["order_id"].encode())
+            i += 1
+        await asyncio.sleep(tick_s)
+    await producer.flush()
+    offered = n / (time.perf_counter() - started)
+    await watchers
+    print(f"\nlatency: {n:,} purchases offered at {offered:,.0f}/s for {seconds:.0f}s, "
+          "each by a new shopper")
+    print(f"  publish -> points.credited: {percentiles(credited[o] - sent[o] for o in credited)}"
+          f" ({len(credited):,} seen)")
+    print(f"  publish -> SMS:             {percentiles(notified[p] - sent[p] for p in notified)}"
+          f" ({len(notified):,} seen)")
+    for consumer in (ledger, sms):
+        await consumer.stop()
     await producer.stop()
 
 
+async def naive(bootstrap: str, pg_dsn: str, n: int) -> float:
+    """The same purchases through a plain per-message pipeline: for each record, one
+    transaction (inbox row and effect), one acked produce, one offset commit."""
+    run = uuid.uuid4().hex[:8]
+    topic = f"bench.naive.{run}"
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    futures = [await producer.send(topic, json.dumps(purchase(run, i, f"+3707{i:07d}")).encode())
+               for i in range(n)]
+    await asyncio.gather(*futures)
+    conn = await asyncpg.connect(pg_dsn)
+    await conn.execute(f"CREATE TABLE naive_{run} (event_id text PRIMARY KEY, points int)")
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"naive-{run}",
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    done = 0
+    started = time.perf_counter()
+    try:
+        while done < n:
+            for tp, records in (await consumer.getmany(timeout_ms=200)).items():
+                for r in records:
+                    event = json.loads(r.value)
+                    async with conn.transaction():
+                        await conn.execute(f"INSERT INTO naive_{run} VALUES ($1, $2)"
+                                           " ON CONFLICT DO NOTHING", event["event_id"], 248)
+                    await producer.send_and_wait(f"{topic}.out", json.dumps(
+                        {"credited": event["event_id"]}).encode())
+                    await consumer.commit({TopicPartition(tp.topic, tp.partition): r.offset + 1})
+                    done += 1
+        took = time.perf_counter() - started
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await conn.execute(f"DROP TABLE naive_{run}")
+        await conn.close()
+    return n / took
+
+
+async def pg_profile(pg_dsn: str) -> None:
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT calls, round(total_exec_time)::bigint AS ms, rows,"
+            " left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS query"
+            " FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12")
+    finally:
+        await conn.close()
+    print("\npg_stat_statements, top statements by total time:")
+    for r in rows:
+        print(f"  {r['ms']:>7,} ms {r['calls']:>8,} calls {r['rows']:>9,} rows  {r['query']}")
+
+
+async def measure(bootstrap: str, pg_dsn: str, pids: dict[str, int],
+                  args: argparse.Namespace) -> None:
+    if args.profile:
+        conn = await asyncpg.connect(pg_dsn)
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        await conn.execute("SELECT pg_stat_statements_reset()")
+        await conn.close()
+    with RssWatch(pids) as rss:
+        await throughput(bootstrap, args.purchases, args.members)
+        await latency(bootstrap, args.rate, args.seconds)
+    print("\npeak RSS per process (start -> peak):")
+    for name in pids:
+        print(f"  {name:<18} {rss.first[name] / 2**20:>6.0f} MiB -> "
+              f"{rss.peak[name] / 2**20:>6.0f} MiB")
+    if args.profile:
+        await pg_profile(pg_dsn)
+    if args.naive:
+        per_s = await naive(bootstrap, pg_dsn, args.naive)
+        print(f"\nnaive per-message pipeline: {args.naive:,} purchases at {per_s:,.0f}/s "
+              "(one transaction, one acked produce, one offset commit each)")
+
+
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--purchases", type=int, default=5000)
-    parser.add_argument("--members", type=int, default=1000)
-    parser.add_argument("--rate", type=float, default=50)
-    parser.add_argument("--latency-samples", type=int, default=300)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--purchases", type=int, default=20_000)
+    parser.add_argument("--members", type=int, default=5_000)
+    parser.add_argument("--rate", type=float, default=2_500)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--naive", type=int, default=2_000)
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
 
-    runtime = Path(".loyalty/runtime.json")
+    runtime = Path(os.environ.get("LOYALTY_DATA_DIR", ".loyalty")) / "runtime.json"
     if runtime.exists():
-        bootstrap = json.loads(runtime.read_text())["kafka_bootstrap"]
-        print(f"using the running platform at {bootstrap}")
-        await _measure(bootstrap, args)
+        info = json.loads(runtime.read_text())
+        pids = {name: next(c.pid for c in psutil.net_connections("tcp")
+                           if c.laddr and c.laddr.port == int(url.rsplit(":", 1)[1])
+                           and c.status == psutil.CONN_LISTEN)
+                for name, url in info["urls"].items()}
+        print(f"using the running platform at {info['kafka_bootstrap']}")
+        await measure(info["kafka_bootstrap"], info["pg_dsn"], pids, args)
         return
-    async with own_platform("earn", "ledger") as bootstrap:
-        print(f"started a platform for the benchmark at {bootstrap}")
-        await _measure(bootstrap, args)
-
-
-async def _measure(bootstrap: str, args: argparse.Namespace) -> None:
-    await latency(bootstrap, args.latency_samples, args.rate)
-    await throughput(bootstrap, args.purchases, args.members)
+    async with own_running_platform(*SERVICES) as (bootstrap, platform):
+        print(f"started a platform for the benchmark: {', '.join(SERVICES)}; Postgres fsync on")
+        pids = {name: platform.services[name].proc.pid for name in SERVICES}
+        await measure(bootstrap, platform.admin_dsn, pids, args)
 
 
 if __name__ == "__main__":

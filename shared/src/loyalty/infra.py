@@ -172,7 +172,10 @@ class EmbeddedPostgres:
             )
         self._stop_leftover()
         self.port = self.port or free_port()
-        settings = {"max_connections": "300", "shared_buffers": "256MB"}
+        # pg_stat_statements is preloaded so that `CREATE EXTENSION pg_stat_statements` shows
+        # where a benchmark's database time goes (tests/bench/bench_flow.py --profile).
+        settings = {"max_connections": "300", "shared_buffers": "256MB",
+                    "shared_preload_libraries": "pg_stat_statements"}
         if not self.fsync:
             settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
         # The postmaster is our child (not daemonised by pg_ctl), so it dies with us: SIGINT
