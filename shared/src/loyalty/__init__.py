@@ -1,1 +1,0 @@
-"""Common library of the loyalty platform."""
