@@ -26,6 +26,20 @@ POOL_COMMAND_TIMEOUT_S = 60
 SHARED_MIGRATIONS = Path(__file__).parent / "sql"
 
 
+def package_migrations(module_file: str) -> Path:
+    """A service's own migrations directory, given a module file of its package.
+
+    Installed from a wheel (the image), `migrations/` is inside the package (each service's
+    pyproject force-includes it there); in the repository (editable install) it sits beside
+    `src/`.
+    """
+    package_dir = Path(module_file).resolve().parent
+    for candidate in (package_dir / "migrations", package_dir.parents[1] / "migrations"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"no migrations directory for the package in {package_dir}")
+
+
 def role_name(service: str) -> str:
     return ROLE_PREFIX + service
 

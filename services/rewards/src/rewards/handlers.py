@@ -48,6 +48,7 @@ STEPS = ("reserve", "capture", "release", "refund")
 DELIVERY_CHANNEL = "rewards_delivery"  # NOTIFY channel: wakes the delivery job on commit
 WAITING = AWAITING_LEDGER | {State.IDENTIFYING}
 MEMBER_RECHECK_INTERVAL_S = 1.0
+RESEND_DOUBLINGS_MAX = 5  # resends after 1, 2, 4 ... 32 step timeouts, then every 32
 
 
 @dataclass(frozen=True)
@@ -209,8 +210,7 @@ async def time_out(repo: RewardsRepository, deps: Deps, row: OrderRow, outbox: O
 
 
 async def delivered(repo: RewardsRepository, deps: Deps, row: OrderRow, outbox: Outbox) -> None:
-    """The delivery job handed the codes to the sender topic."""
-    await repo.mark_delivered(row.order_id)
+    """The delivery job handed the codes to the sender topic (and marks them delivered)."""
     await _carry_out(repo, deps, row, row.saga.delivered(), outbox)
     metrics.count(SERVICE, "reward_fulfilled")
 
@@ -229,8 +229,12 @@ async def _carry_out(repo: RewardsRepository, deps: Deps, row: OrderRow, effects
         elif isinstance(effect, SendLedgerCommand):
             if effect.step == "refund":  # a refund expires as the program's earnings do
                 program = program or await repo.program(row.program_id)
+            if effect.step not in row.commands:
+                row.attempts = 0  # a new step: its resends are counted from zero
             _send(row, effect.step, program, now, deps, outbox)
-            row.deadline_at = now + timedelta(seconds=deps.step_timeout_s)
+            # Resends back off: a ledger that is only behind needs time, not more commands.
+            row.deadline_at = now + timedelta(
+                seconds=deps.step_timeout_s * 2 ** min(row.attempts, RESEND_DOUBLINGS_MAX))
         elif isinstance(effect, Allocate):
             pending[:0] = await _allocate(repo, row)
         elif isinstance(effect, ReturnUnits):

@@ -192,6 +192,11 @@ async def test_a_stalled_step_resends_the_same_command(pool, deps, clock, member
         resent = Outbox()
         await handlers.time_out(RewardsRepository(conn), deps, row, resent)
     assert sent(resent, topics.LEDGER_COMMANDS) == sent(first, topics.LEDGER_COMMANDS)
+    clock.advance(timedelta(seconds=31))  # the next resend waits twice as long
+    async with pool.acquire() as conn:
+        assert await RewardsRepository(conn).timed_out(clock.now(), 10) == []
+        clock.advance(timedelta(seconds=30))
+        assert len(await RewardsRepository(conn).timed_out(clock.now(), 10)) == 1
 
 
 async def test_an_order_waits_for_its_member_then_gives_up(pool, deps, clock) -> None:

@@ -176,10 +176,18 @@ class RewardsRepository:
             "SELECT unit, ciphertext FROM codes WHERE order_id = $1 AND status = 'allocated'"
             " ORDER BY unit", order_id)]
 
-    async def mark_delivered(self, order_id: str) -> None:
+    async def codes_of_orders(self, order_ids: list[str]) -> dict[str, list[tuple[int, bytes]]]:
+        found: dict[str, list[tuple[int, bytes]]] = {o: [] for o in order_ids}
+        for r in await self.conn.fetch(
+                "SELECT order_id, unit, ciphertext FROM codes WHERE order_id = ANY($1::text[])"
+                " AND status = 'allocated' ORDER BY order_id, unit", order_ids):
+            found[r["order_id"]].append((r["unit"], bytes(r["ciphertext"])))
+        return found
+
+    async def mark_delivered(self, order_ids: list[str]) -> None:
         await self.conn.execute(
-            "UPDATE codes SET status = 'delivered' WHERE order_id = $1 AND status = 'allocated'",
-            order_id)
+            "UPDATE codes SET status = 'delivered' WHERE order_id = ANY($1::text[])"
+            " AND status = 'allocated'", order_ids)
 
     # -- members --------------------------------------------------------------------------------
 
@@ -223,6 +231,15 @@ class RewardsRepository:
             program_id, member_id)
         return None if r is None else Member(r["program_id"], r["member_id"], r["locale"],
                                              r["channel"], r["phone"], r["email"])
+
+    async def members(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Member]:
+        rows = await self.conn.fetch(
+            "SELECT * FROM members WHERE (program_id, member_id) IN"
+            " (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [p for p, _ in keys], [m for _, m in keys])
+        return {(r["program_id"], r["member_id"]): Member(
+            r["program_id"], r["member_id"], r["locale"], r["channel"], r["phone"], r["email"])
+            for r in rows}
 
     async def orders_waiting_for(self, program_id: str, identifiers: list[str]) -> list[str]:
         return [r["order_id"] for r in await self.conn.fetch(

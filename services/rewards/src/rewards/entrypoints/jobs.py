@@ -115,14 +115,16 @@ class Delivery:
                 return 0
             outbox = Outbox()
             messages: list[tuple[str, str, dict]] = []
-            programs: dict[str, ProgramDefinition | None] = {}
+            programs: dict[str, ProgramDefinition | None] = {
+                p: await repo.program(p) for p in {row.program_id for row in rows}}
+            members = await repo.members({(r.program_id, r.member_id or "") for r in rows})
+            codes_of = await repo.codes_of_orders([row.order_id for row in rows])
+            done: list[str] = []
             for row in rows:
-                if row.program_id not in programs:
-                    programs[row.program_id] = await repo.program(row.program_id)
                 program = programs[row.program_id]
-                member = await repo.member(row.program_id, row.member_id or "")
+                member = members.get((row.program_id, row.member_id or ""))
                 route = handlers.route_of(row, member)
-                codes = await repo.codes_of(row.order_id)
+                codes = codes_of[row.order_id]
                 if program is None or route is None or len(codes) != row.quantity:
                     metrics.count(handlers.SERVICE, "delivery_impossible")
                     log.error("delivery.impossible", order_id=row.order_id,
@@ -145,6 +147,8 @@ class Delivery:
                                     "code": self.vault.decrypt(token)},
                             fact_id=f"order:{row.order_id}:unit:{unit}", occurred_at=now)))
                 await handlers.delivered(repo, self.deps, row, outbox)
+                done.append(row.order_id)
+            await repo.mark_delivered(done)
             futures = [await producer.send(topic, to_json_bytes(message), key=key.encode())
                        for topic, key, message in messages]
             messages.clear()
