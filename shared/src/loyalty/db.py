@@ -9,11 +9,12 @@ several replicas starting together apply each file once.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+import orjson
 import structlog
 
 log = structlog.get_logger(__name__)
@@ -97,8 +98,12 @@ async def create_pool(dsn: str, *, size_max: int = 10, schema: str | None = None
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
+    await conn.set_type_codec("jsonb", encoder=_jsonb_text, decoder=orjson.loads,
                               schema="pg_catalog")
+
+
+def _jsonb_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 async def apply_migrations(pool: asyncpg.Pool, schema: str, migrations_dir: Path) -> list[str]:

@@ -37,6 +37,21 @@ class _Command(BaseModel):
 Points = Annotated[int, Field(gt=0, le=POINTS_MAX)]
 
 
+class Notify(BaseModel):
+    """Whom to tell about the movement once it is applied, and how: the requester knows the
+    member's address and language, the ledger knows the balance after the movement. The
+    ledger renders the message and writes it to its outbox in the movement's transaction,
+    so a purchase needs no second pass through earn to become an SMS."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    template: Literal["points_earned", "points_returned", "points_adjusted"]
+    channel: Literal["sms", "email"]
+    to: Annotated[str, Field(min_length=1, max_length=320)]
+    locale: Annotated[str, Field(min_length=1, max_length=20)]
+    program_name: Annotated[str, Field(min_length=1, max_length=200)]
+
+
 class Credit(_Command):
     """Add points as a new lot expiring at `expires_at` (None: never). Owed points are paid
     back first."""
@@ -44,6 +59,7 @@ class Credit(_Command):
     type: Literal["credit"] = "credit"
     points: Points
     expires_at: Timestamp | None = None
+    notify: Notify | None = None
 
 
 class Debit(_Command):
@@ -53,6 +69,7 @@ class Debit(_Command):
     type: Literal["debit"] = "debit"
     points: Points
     allow_owed: bool = False
+    notify: Notify | None = None
 
 
 class Reserve(_Command):
@@ -111,6 +128,7 @@ class Reverse(_Command):
     type: Literal["reverse"] = "reverse"
     target_id: Id
     points: Points | None = None
+    notify: Notify | None = None
 
 
 LedgerCommand = Annotated[Credit | Debit | Reserve | Capture | Release | Expire | Reverse,

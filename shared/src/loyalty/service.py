@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+import uvloop
 from aiohttp import web
 from faststream.kafka import KafkaBroker
 
@@ -71,6 +72,12 @@ class ServiceSpec:
     wire: Callable[[Runtime], None]
     clock: Clock = field(default_factory=SystemClock)
     ids: IdProvider = field(default_factory=UuidIds)
+
+
+def main(build: Callable[[], ServiceSpec]) -> None:
+    """`python -m <service>`: the service on uvloop (faster sockets and scheduling than
+    asyncio's default loop, which the profile showed under load)."""
+    uvloop.run(run_service(build()))
 
 
 async def run_service(spec: ServiceSpec, stop: asyncio.Event | None = None) -> None:

@@ -2,7 +2,8 @@
 
 Purchases identify (or enrol) the member, compute points under the program's current rules,
 record the order with its rule version, and ask the ledger for a credit through the outbox.
-Credits confirmed by the ledger become `points_earned` notifications.
+Each command says how to tell the member (`notify`: channel, address, language): the ledger
+renders the message with the balance it computed, in the movement's own transaction.
 """
 
 from __future__ import annotations
@@ -25,24 +26,17 @@ from earn.domain.rules import (
 )
 from loyalty import metrics, topics
 from loyalty.clock import Clock, IdProvider, stable_id
-from loyalty.contracts import ActivityEvent, AdjustmentEvent, LedgerEvent, PurchaseEvent
+from loyalty.contracts import ActivityEvent, AdjustmentEvent, PurchaseEvent
 from loyalty.expiry import expires_at_for
 from loyalty.identifiers import Identifiers, InvalidIdentifier, normalise_customer
-from loyalty.ledger_commands import Credit, Debit, Reverse
+from loyalty.ledger_commands import Credit, Debit, Notify, Reverse
 from loyalty.messaging import Outbox, Rejected
-from loyalty.notifications import build_notification, choose_channel
+from loyalty.notifications import choose_channel
 from loyalty.programs import ProgramDefinition
 
 log = structlog.get_logger(__name__)
 
 # Which confirmed ledger movements earn tells the member about, and with which template.
-NOTIFY_TEMPLATES = {
-    ("purchase", "points.credited"): "points_earned",
-    ("activity", "points.credited"): "points_earned",
-    ("return", "points.debited"): "points_returned",
-    ("adjustment", "points.credited"): "points_adjusted",
-    ("adjustment", "points.debited"): "points_adjusted",
-}
 
 
 @dataclass(frozen=True)
@@ -167,22 +161,36 @@ async def purchase_completed(repo: BatchEarnRepository, deps: Deps, event: Purch
                        f"order {event.order_id} was already recorded by event {clash}")
     if earning.points <= 0:
         return
-    _credit(outbox, program, member.member_id, f"purchase:{event.event_id}", earning.points,
+    _credit(outbox, program, member, f"purchase:{event.event_id}", earning.points,
             earning.reason, "purchase", event.order_id, event.occurred_at)
     await _update_tier(repo, program, member.member_id, recent + earning.points,
                        event.occurred_at, outbox)
 
 
-def _credit(outbox: Outbox, program: ProgramDefinition, member_id: str, command_id: str,
+def _credit(outbox: Outbox, program: ProgramDefinition, member: Member, command_id: str,
             points: int, reason: str, kind: str, source_id: str, occurred_at: datetime) -> None:
-    """Ask the ledger for a credit, expiring as the program's policy says."""
+    """Ask the ledger for a credit, expiring as the program's policy says, and to tell the
+    member (`points_earned`, or `points_adjusted` for support's credits)."""
+    template = "points_adjusted" if kind == "adjustment" else "points_earned"
     credit = Credit(
-        command_id=command_id, program_id=program.id, member_id=member_id,
+        command_id=command_id, program_id=program.id, member_id=member.member_id,
         occurred_at=occurred_at, points=points, reason=reason,
         source={"kind": kind, "id": source_id},
-        expires_at=expires_at_for(program.expiry, program.time_zone, occurred_at))
-    outbox.add(topics.LEDGER_COMMANDS, member_id, credit.model_dump(mode="json"))
+        expires_at=expires_at_for(program.expiry, program.time_zone, occurred_at),
+        notify=_notify(member, program, template))
+    outbox.add(topics.LEDGER_COMMANDS, member.member_id, credit.model_dump(mode="json"))
     metrics.count("earn", f"points_awarded_{kind}")
+
+
+def _notify(member: Member | None, program: ProgramDefinition, template: str) -> Notify | None:
+    """How the ledger should tell the member about the movement: their channel and language
+    (None when the member cannot be reached)."""
+    route = member and choose_channel(member.preferred_channel, member.phone, member.email)
+    if not route:
+        return None
+    channel, to = route
+    return Notify(template=template, channel=channel, to=to, locale=member.locale,
+                  program_name=program.name)
 
 
 async def _update_tier(repo: BatchEarnRepository, program: ProgramDefinition, member_id: str,
@@ -208,7 +216,7 @@ async def purchase_returned(repo: BatchEarnRepository, event: PurchaseEvent,
                             outbox: Outbox) -> None:
     """Take back what the order earned, pro rata to the returned amount, under the rules the
     order was earned with (its stored points); several partial returns never exceed it."""
-    await _program(repo, event.program_id)
+    _, program = await _program(repo, event.program_id)
     order = await repo.order(event.program_id, event.order_id)
     if order is None:
         raise Rejected("unknown_order", f"order {event.order_id} was never recorded as a "
@@ -230,7 +238,8 @@ async def purchase_returned(repo: BatchEarnRepository, event: PurchaseEvent,
         target_id=f"purchase:{order.event_id}",
         reason=f"return of {event.total} {event.currency} of order {event.order_id}: "
                f"{points} of {order.points} points",
-        source={"kind": "return", "id": event.order_id})
+        source={"kind": "return", "id": event.order_id},
+        notify=_notify(await repo.member(order.member_id), program, "points_returned"))
     outbox.add(topics.LEDGER_COMMANDS, order.member_id, reverse.model_dump(mode="json"))
     metrics.count("earn", "points_returned")
 
@@ -250,7 +259,7 @@ async def activity_completed(repo: BatchEarnRepository, deps: Deps, event: Activ
                          member_id=member.member_id, kind="activity", points=points,
                          reason=reason, occurred_at=event.occurred_at)
     if points:
-        _credit(outbox, program, member.member_id, f"activity:{event.event_id}", points, reason,
+        _credit(outbox, program, member, f"activity:{event.event_id}", points, reason,
                 "activity", event.event_id, event.occurred_at)
         recent = await repo.points_earned_since(member.member_id,
                                                 event.occurred_at - TIER_WINDOW)
@@ -272,13 +281,14 @@ async def points_adjusted(repo: BatchEarnRepository, deps: Deps, event: Adjustme
                          member_id=member.member_id, kind="adjustment", points=event.points,
                          reason=reason, occurred_at=event.occurred_at)
     if event.points > 0:
-        _credit(outbox, program, member.member_id, f"adjustment:{event.event_id}", event.points,
+        _credit(outbox, program, member, f"adjustment:{event.event_id}", event.points,
                 reason, "adjustment", event.event_id, event.occurred_at)
         return
     debit = Debit(command_id=f"adjustment:{event.event_id}", program_id=program.id,
                   member_id=member.member_id, occurred_at=event.occurred_at,
                   points=-event.points, allow_owed=True, reason=reason,
-                  source={"kind": "adjustment", "id": event.event_id})
+                  source={"kind": "adjustment", "id": event.event_id},
+                  notify=_notify(member, program, "points_adjusted"))
     outbox.add(topics.LEDGER_COMMANDS, member.member_id, debit.model_dump(mode="json"))
     metrics.count("earn", "points_adjusted_down")
 
@@ -289,29 +299,3 @@ async def _skip(repo: BatchEarnRepository, event: PurchaseEvent | ActivityEvent,
                     reason=reason, occurred_at=event.occurred_at)
     metrics.count("earn", f"skipped_{code}")
     log.info("purchase.skipped", event_id=event.event_id, reason_code=code)
-
-
-async def notify_movements(repo: EarnRepository, events: list[LedgerEvent],
-                           outbox: Outbox) -> None:
-    """Confirmed ledger movements of ours become messages on the members' channels (a batch
-    at a time: one query for the members, one per program)."""
-    relevant = [(e, template) for e in events
-                if (template := NOTIFY_TEMPLATES.get((e.source.kind, e.type))) and e.points]
-    if not relevant:
-        return
-    members = await repo.members([e.member_id for e, _ in relevant])
-    programs = {p: await repo.current_program(p) for p in {e.program_id for e, _ in relevant}}
-    for event, template in relevant:
-        member, found = members.get(event.member_id), programs[event.program_id]
-        route = member and choose_channel(member.preferred_channel, member.phone, member.email)
-        if not route or found is None:
-            continue
-        channel, to = route
-        message = build_notification(
-            template=template, locale=member.locale, channel=channel, to=to,
-            program_id=event.program_id, member_id=event.member_id,
-            params={"points": abs(event.points), "balance": event.balance_after,
-                    "program_name": found[1].name, "reason": event.reason},
-            fact_id=event.event_id, occurred_at=event.occurred_at)
-        topic = topics.NOTIFICATIONS_SMS if channel == "sms" else topics.NOTIFICATIONS_EMAIL
-        outbox.add(topic, event.member_id, message)

@@ -1,9 +1,7 @@
 """`python -m expiry`: run the expiry-scheduler service."""
 
-import asyncio
-
 from expiry.app import build
-from loyalty.service import run_service
+from loyalty.service import main
 
 if __name__ == "__main__":
-    asyncio.run(run_service(build()))
+    main(build)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ledger.adapters.queries import LedgerReads
 from ledger.entrypoints import consumers, http
 from ledger.settings import LedgerSettings
+from loyalty import db
 from loyalty.service import Runtime, ServiceSpec
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS = db.package_migrations(__file__)
 
 
 def wire(runtime: Runtime) -> None:

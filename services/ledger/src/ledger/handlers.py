@@ -9,14 +9,24 @@ requester needs), not dead-lettered; the others in the batch still apply.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import structlog
 
 from ledger.adapters.postgres import LedgerRepository
 from ledger.domain.model import Changes, Ledger, Refused, rejection_event
 from loyalty import metrics, topics
-from loyalty.ledger_commands import AnyCommand, Capture, Credit, Release, Reverse
+from loyalty.ledger_commands import (
+    AnyCommand,
+    Capture,
+    Credit,
+    Debit,
+    Notify,
+    Release,
+    Reverse,
+)
 from loyalty.messaging import Outbox
+from loyalty.notifications import build_notification
 
 log = structlog.get_logger(__name__)
 
@@ -46,8 +56,28 @@ async def apply_commands(repo: LedgerRepository, commands: list[AnyCommand], now
         for movement in changes.new_movements[applied:]:
             movements[movement.command_id] = movement
     await repo.persist(changes)
+    asked = {c.command_id: c.notify for c in commands
+             if isinstance(c, Credit | Debit | Reverse) and c.notify is not None}
     for event in changes.events:
         outbox.add(topics.LEDGER, event["member_id"], event)
+        if (notify := asked.get(event.get("command_id", ""))) and event["points"] \
+                and event["type"] in NOTIFIED_MOVEMENTS:
+            _notify(outbox, notify, event)
+
+
+NOTIFIED_MOVEMENTS = ("points.credited", "points.debited")
+
+
+def _notify(outbox: Outbox, notify: Notify, event: dict[str, Any]) -> None:
+    """The message the requester asked for, with the balance this movement left."""
+    message = build_notification(
+        template=notify.template, locale=notify.locale, channel=notify.channel, to=notify.to,
+        program_id=event["program_id"], member_id=event["member_id"],
+        params={"points": abs(event["points"]), "balance": event["balance_after"],
+                "program_name": notify.program_name, "reason": event["reason"]},
+        fact_id=event["event_id"], occurred_at=datetime.fromisoformat(event["occurred_at"]))
+    topic = topics.NOTIFICATIONS_SMS if notify.channel == "sms" else topics.NOTIFICATIONS_EMAIL
+    outbox.add(topic, event["member_id"], message)
 
 
 async def time_out_holds(repo: LedgerRepository, now: datetime, outbox: Outbox) -> int:

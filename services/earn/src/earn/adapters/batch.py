@@ -168,6 +168,9 @@ class BatchEarnRepository:
             self._set(self.members, member_id, updated)
             self._set(self.dirty_members, member_id, True)
 
+    async def member(self, member_id: str) -> Member | None:
+        return self.members.get(member_id)
+
     async def points_earned_since(self, member_id: str, since: datetime) -> int:
         orders = sum(self.orders[k].points - self.orders[k].points_reversed
                      for k in self.member_orders.get(member_id, ()) if self.order_at[k] >= since)

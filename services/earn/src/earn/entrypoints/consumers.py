@@ -11,7 +11,7 @@ from earn import handlers
 from earn.adapters.batch import BatchEarnRepository
 from earn.adapters.postgres import EarnRepository
 from loyalty import metrics, topics
-from loyalty.contracts import ActivityEvent, AdjustmentEvent, LedgerEvent, PurchaseEvent
+from loyalty.contracts import ActivityEvent, AdjustmentEvent, PurchaseEvent
 from loyalty.identifiers import InvalidIdentifier, normalise_customer
 from loyalty.logging import correlation
 from loyalty.messaging import BatchHandler, Envelope, Outbox, Rejected, decoder
@@ -102,14 +102,9 @@ def wire(runtime: Runtime) -> None:
                             outbox: Outbox) -> None:
         await handlers.points_adjusted(repo, deps, event, outbox)
 
-    async def on_ledger_events(conn: asyncpg.Connection, envs: list[Envelope[LedgerEvent]],
-                               outbox: Outbox) -> None:
-        await handlers.notify_movements(EarnRepository(conn), [e.message for e in envs], outbox)
-
     # Programs: the latest definition per key wins; applying one twice changes nothing.
     runtime.consume(topics.PROGRAMS, decode_program, on_program, use_inbox=False)
     runtime.consume(topics.PURCHASES, decoder(PurchaseEvent), handle_batch=batched(on_purchase))
     runtime.consume(topics.ACTIVITIES, decoder(ActivityEvent), handle_batch=batched(on_activity))
     runtime.consume(topics.ADJUSTMENTS, decoder(AdjustmentEvent),
                     handle_batch=batched(on_adjustment))
-    runtime.consume(topics.LEDGER, decoder(LedgerEvent), handle_batch=on_ledger_events)
