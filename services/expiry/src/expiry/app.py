@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from expiry.adapters.queries import ExpiryReads
 from expiry.entrypoints import consumers, http
 from expiry.settings import Settings
+from loyalty import db
 from loyalty.service import Runtime, ServiceSpec
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS = db.package_migrations(__file__)
 
 
 def wire(runtime: Runtime) -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from loyalty import db
 from loyalty.service import Runtime, ServiceSpec
 from rewards import handlers
 from rewards.adapters.postgres import RewardsReads
@@ -11,7 +10,7 @@ from rewards.adapters.vault import CodeVault
 from rewards.entrypoints import consumers, http, jobs
 from rewards.settings import Settings
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS = db.package_migrations(__file__)
 
 
 def build(settings: Settings | None = None) -> ServiceSpec:

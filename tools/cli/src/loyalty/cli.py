@@ -1,4 +1,8 @@
-"""The `loyalty` command line: run the platform locally, apply programs, audit the ledger.
+"""The `loyalty` command line: run the platform locally, apply programs, migrate, audit.
+
+This module is the operator CLI (distribution `loyalty-cli`): it runs in a production image,
+where only the services and their runtime library are installed. `loyalty up` needs the local
+infrastructure and supervisor of `loyalty-devtools`, imported only when `up` runs.
 
 `loyalty up` writes the addresses it started to `<data_dir>/runtime.json`, so other commands
 run in another terminal find the local broker without any environment variable.
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.util
 import json
 import os
 import secrets
@@ -21,14 +26,13 @@ import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from loyalty import topics
+from loyalty import db, topics
 from loyalty.clock import UuidIds
-from loyalty.infra import start_infrastructure
 from loyalty.logging import configure_logging, mask_pii
-from loyalty.platform import Platform
 from loyalty.programs import ProgramDefinition, ProgramFileError, load_programs_file
 
-DEMO_PROGRAMS = Path(__file__).resolve().parents[3] / "programs" / "demo.yaml"
+# The repository's programs/demo.yaml (tools/cli/src/loyalty/cli.py is 4 levels below the root).
+DEMO_PROGRAMS = Path(__file__).resolve().parents[4] / "programs" / "demo.yaml"
 APPLY_TIMEOUT_S = 30.0
 # Ctrl-C drains this long at most (LOYALTY_DRAIN_TIMEOUT_S), then stops anyway: with the
 # services' and the infrastructure's own stop the whole stop stays under 30 s.
@@ -126,6 +130,11 @@ async def _up(programs_file: Path) -> int:
     root = data_dir()
     root.mkdir(parents=True, exist_ok=True)
     token = os.environ.get("LOYALTY_API_TOKEN") or secrets.token_urlsafe(18)
+    # loyalty-devtools: the embedded database, the local broker and the supervisor. Checked in
+    # cmd_up, so a production image without them says so instead of a traceback.
+    from loyalty.infra import start_infrastructure
+    from loyalty.platform import Platform
+
     infra = start_infrastructure(root)
     platform = Platform(infra.pg_dsn, infra.kafka_bootstrap, token, root)
     stop = asyncio.Event()
@@ -174,6 +183,10 @@ def _say(line: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("loyalty.platform") is None:
+        print("error: `loyalty up` needs the local infrastructure of the loyalty-devtools "
+              "package (installed by `make run`), not in this installation", file=sys.stderr)
+        return 2
     configure_logging("loyalty-up", os.environ.get("LOYALTY_LOG_LEVEL", "WARNING"))
     return asyncio.run(_up(Path(args.programs)))
 
@@ -224,6 +237,42 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+# The services' bootstrap modules: `build()` gives each one's settings, schema and migrations.
+SERVICE_APPS = {"earn": "earn.app", "ledger": "ledger.app", "expiry": "expiry.app",
+                "rewards": "rewards.app"}
+MIGRATE_POOL_SIZE_MAX = 2
+
+
+async def _migrate(services: list[str]) -> None:
+    for name in services:
+        spec = importlib.import_module(SERVICE_APPS[name]).build()
+        pool = await db.create_pool(spec.settings.pg_dsn, size_max=MIGRATE_POOL_SIZE_MAX,
+                                    schema=spec.schema)
+        try:
+            applied = await db.apply_migrations(pool, spec.schema, spec.migrations_dir)
+        finally:
+            await pool.close()
+        print(f"{name}: {len(applied)} migration(s) applied"
+              + (f" ({', '.join(applied)})" if applied else ", schema up to date"), flush=True)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Each service's migrations, as its own role (its LOYALTY_<SERVICE>_PG_DSN). A service
+    applies them at start too, under the same advisory lock: this is for a deploy step (the
+    Kubernetes migration job) that should fail before any new replica starts."""
+    configure_logging("loyalty-migrate", os.environ.get("LOYALTY_LOG_LEVEL", "WARNING"))
+    if unknown := [s for s in args.services if s not in SERVICE_APPS]:
+        print(f"error: unknown service(s) {', '.join(unknown)}; "
+              f"choose from {', '.join(SERVICE_APPS)}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_migrate(args.services or list(SERVICE_APPS)))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RuntimeError) as exc:
+        print(f"error: migration failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="loyalty", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -242,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     # their packages: the workspace installs them beside this library.
     for module in SERVICE_COMMANDS:
         importlib.import_module(module).register(sub)
+
+    migrate = sub.add_parser("migrate", help="apply the services' database migrations")
+    migrate.add_argument("services", nargs="*",
+                         help=f"services to migrate: {', '.join(SERVICE_APPS)} (default: all)")
+    migrate.set_defaults(func=cmd_migrate)
 
     audit = sub.add_parser("audit", help="check the ledger invariants (exit 1 if broken)")
     audit.set_defaults(func=cmd_audit)
