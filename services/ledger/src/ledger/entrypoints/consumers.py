@@ -21,10 +21,11 @@ LIABILITY_INTERVAL_S = 10.0
 decode_command = decoder(TypeAdapter(LedgerCommand), id_field="command_id")
 
 
-async def on_member(conn: asyncpg.Connection, env: Envelope[MemberEvent], _: Outbox) -> None:
-    event = env.message
-    await LedgerRepository(conn).save_identifiers(event.program_id, event.member_id,
-                                                  event.identifiers)
+async def on_members(conn: asyncpg.Connection, envs: list[Envelope[MemberEvent]],
+                     _: Outbox) -> None:
+    """The identifier lookup behind the member routes, a batch of member events at once."""
+    await LedgerRepository(conn).save_identifiers(
+        [(e.message.program_id, e.message.member_id, e.message.identifiers) for e in envs])
 
 
 def wire(runtime: Runtime) -> None:
@@ -49,7 +50,7 @@ def wire(runtime: Runtime) -> None:
             metrics.POINTS_OUTSTANDING.labels(row["program_id"]).set(row["points"])
 
     runtime.consume(topics.LEDGER_COMMANDS, decode_command, handle_batch=on_commands)
-    runtime.consume(topics.MEMBERS, decoder(MemberEvent), on_member)
+    runtime.consume(topics.MEMBERS, decoder(MemberEvent), handle_batch=on_members)
     runtime.background.extend([
         lambda: every(HOLD_SWEEP_INTERVAL_S, sweep_holds, "holds_sweep"),
         lambda: every(LIABILITY_INTERVAL_S, report_liability, "liability")])
