@@ -20,6 +20,7 @@ import asyncpg
 import structlog
 import uvloop
 from aiohttp import web
+from aiokafka.structs import ConsumerRecord
 from faststream.kafka import KafkaBroker
 
 from loyalty import db, kafka
@@ -48,12 +49,12 @@ class Runtime:
     consumers: list[BatchConsumer[Any]] = field(default_factory=list)
 
     def consume(self, topic: str, decode: Decoder[Any], handle: Handler[Any] | None = None, *,
-                handle_batch: BatchHandler[Any] | None = None,
-                use_inbox: bool = True) -> BatchConsumer[Any]:
+                handle_batch: BatchHandler[Any] | None = None, use_inbox: bool = True,
+                accept: Callable[[ConsumerRecord], bool] | None = None) -> BatchConsumer[Any]:
         consumer = BatchConsumer(
             service=self.name, topic=topic, pool=self.pool, decode=decode, handle=handle,
             handle_batch=handle_batch, on_commit=self.relay.notify, use_inbox=use_inbox,
-            retry_backoff_max_s=self.settings.retry_backoff_max_ms / 1000)
+            accept=accept, retry_backoff_max_s=self.settings.retry_backoff_max_ms / 1000)
         self.consumers.append(consumer)
         kafka.subscribe_batch(
             self.broker, consumer, group_id=f"loyalty-{self.name}.{topic}",

@@ -18,6 +18,7 @@ from loyalty.messaging import (
     Outbox,
     OutboxRelay,
     Rejected,
+    header_in,
 )
 from loyalty.testing import Kafka, unique
 
@@ -215,3 +216,14 @@ async def test_the_relay_publishes_in_order_and_empties_the_outbox(pool, infra,
                                       lambda r: r.key == run.encode(), count=20)
     assert [json.loads(r.value)["seq"] for r in got] == list(range(20))
     assert {k: v.decode() for k, v in got[0].headers}["error.code"] == "probe"
+
+
+async def test_records_a_consumer_does_not_accept_are_skipped_unparsed(pool) -> None:
+    consumer = BatchConsumer(service="probe", topic="probe.v1", pool=pool, decode=decode,
+                             handle=handle, accept=header_in("source.kind", "redemption"))
+    wanted = record({"id": "w", "amount": 1}, 0)
+    wanted.headers = (("source.kind", b"redemption"),)
+    await consumer([wanted, record(b"{not even json", 1), record({"id": "u", "amount": 2}, 2)])
+    assert [r["id"] for r in await pool.fetch("SELECT id FROM applied")] == ["w"]
+    assert await dead_letters(pool) == []
+    assert await pool.fetchval("SELECT count(*) FROM inbox") == 1

@@ -59,13 +59,23 @@ async def apply_commands(repo: LedgerRepository, commands: list[AnyCommand], now
     asked = {c.command_id: c.notify for c in commands
              if isinstance(c, Credit | Debit | Reverse) and c.notify is not None}
     for event in changes.events:
-        outbox.add(topics.LEDGER, event["member_id"], event)
+        publish(outbox, event)
         if (notify := asked.get(event.get("command_id", ""))) and event["points"] \
                 and event["type"] in NOTIFIED_MOVEMENTS:
             _notify(outbox, notify, event)
 
 
 NOTIFIED_MOVEMENTS = ("points.credited", "points.debited")
+
+
+def publish(outbox: Outbox, event: dict[str, Any]) -> None:
+    """A ledger event, keyed by member, with its type and source kind also as headers: a
+    follower that wants only some (reward-fulfilment: its own redemptions) skips the rest
+    without parsing them."""
+    headers = {"event.type": event["type"]}
+    if source := event.get("source"):
+        headers["source.kind"] = source["kind"]
+    outbox.add(topics.LEDGER, event["member_id"], event, headers=headers)
 
 
 def _notify(outbox: Outbox, notify: Notify, event: dict[str, Any]) -> None:
@@ -92,5 +102,5 @@ async def time_out_holds(repo: LedgerRepository, now: datetime, outbox: Outbox) 
         ledger.time_out_holds(book, now)
     await repo.persist(changes)
     for event in changes.events:
-        outbox.add(topics.LEDGER, event["member_id"], event)
+        publish(outbox, event)
     return len(changes.events)
