@@ -17,8 +17,12 @@ install: $(UV)
 run: install
 	$(UV) run --frozen loyalty up
 
+# The whole suite on the embedded infrastructure, then the integration and e2e suites again on
+# real Apache Kafka and PostgreSQL images (testcontainers): where no Docker engine answers, that
+# second run skips them and prints why.
 test: install
 	$(UV) run --frozen pytest -q
+	LOYALTY_TEST_INFRA=testcontainers $(UV) run --frozen pytest -q -m "integration or e2e"
 
 test-unit: install
 	$(UV) run --frozen pytest -q -m "not integration and not e2e"

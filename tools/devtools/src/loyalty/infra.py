@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import structlog
@@ -276,12 +277,17 @@ class Infrastructure:
     kafka_bootstrap: str
     postgres: EmbeddedPostgres | None = None
     broker: TansuBroker | None = None
+    # testcontainers' containers (`loyalty.containers`), stopped in reverse order.
+    containers: list[Any] = field(default_factory=list)
 
     def stop(self) -> None:
         if self.broker is not None:
             self.broker.stop()
         if self.postgres is not None:
             self.postgres.stop()
+        for container in reversed(self.containers):
+            container.stop()
+        self.containers.clear()
 
 
 def start_infrastructure(data_dir: Path, *, fsync: bool = True) -> Infrastructure:

@@ -1,15 +1,23 @@
 """pytest plugin: real infrastructure for integration and end-to-end tests, and small helpers.
 
-Session fixtures start embedded PostgreSQL and the Tansu broker once (or use
-`LOYALTY_PG_DSN` / `LOYALTY_KAFKA_BOOTSTRAP` when set). No mocks of either: tests that need
-them talk to the real servers. `platform` runs earn and ledger as separate processes, with the
-demo programs applied, exactly as `loyalty up` does.
+Session fixtures give the integration and end-to-end tests real infrastructure, chosen by
+`LOYALTY_TEST_INFRA`:
+- `embedded` (the default): embedded PostgreSQL and the Tansu broker, started once (each of them
+  only where `LOYALTY_PG_DSN` / `LOYALTY_KAFKA_BOOTSTRAP` does not point elsewhere);
+- `external`: the servers at `LOYALTY_PG_DSN` and `LOYALTY_KAFKA_BOOTSTRAP` (both required);
+- `testcontainers`: the `apache/kafka` (KRaft) and `postgres` images in Docker. Without a Docker
+  engine every integration and e2e test is skipped, with the reason in the summary.
+In the last two modes the addresses are exported as `LOYALTY_PG_DSN` / `LOYALTY_KAFKA_BOOTSTRAP`
+before the first such test, so tests that start a platform of their own use them too. No mocks:
+tests that need a broker or a database talk to real servers. `platform` runs the services as
+separate processes, with the demo programs applied, exactly as `loyalty up` does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import tempfile
 import time
@@ -27,13 +35,59 @@ import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from loyalty import db, kafka
+from loyalty import containers, db, kafka
 from loyalty.cli import DEMO_PROGRAMS, publish_programs, wait_programs_applied
 from loyalty.infra import Infrastructure, start_infrastructure
 from loyalty.platform import Platform
 from loyalty.programs import load_programs_file
 
 CONSUME_TIMEOUT_S = 30.0
+INFRA_ENV = "LOYALTY_TEST_INFRA"
+INFRA_MODES = ("embedded", "external", "testcontainers")
+ADDRESS_ENV = ("LOYALTY_PG_DSN", "LOYALTY_KAFKA_BOOTSTRAP")
+REAL_INFRA_MARKERS = ("integration", "e2e")
+# Why testcontainers cannot run (None: they can, or another mode), asked once per run.
+_DOCKER_UNAVAILABLE = pytest.StashKey[str | None]()
+
+
+def infra_mode() -> str:
+    """The test infrastructure `LOYALTY_TEST_INFRA` asks for (a typo is a usage error)."""
+    mode = os.environ.get(INFRA_ENV, "").strip().lower() or "embedded"
+    if mode not in INFRA_MODES:
+        raise pytest.UsageError(f"{INFRA_ENV}={mode!r}: choose one of {', '.join(INFRA_MODES)}")
+    return mode
+
+
+def needs_real_infra(item: pytest.Item) -> bool:
+    return any(item.get_closest_marker(m) for m in REAL_INFRA_MARKERS)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    mode = infra_mode()
+    # Asked once per run: in testcontainers mode a missing engine skips the real-infra tests.
+    config.stash[_DOCKER_UNAVAILABLE] = (
+        containers.docker_unavailable_reason() if mode == "testcontainers" else None)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    reason = config.stash.get(_DOCKER_UNAVAILABLE, None)
+    return f"loyalty test infrastructure: {infra_mode()}" + (f" ({reason})" if reason else "")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if reason := config.stash.get(_DOCKER_UNAVAILABLE, None):
+        skip = pytest.mark.skip(reason=f"{INFRA_ENV}=testcontainers: {reason}")
+        for item in items:
+            if needs_real_infra(item):
+                item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if reason := config.stash.get(_DOCKER_UNAVAILABLE, None):
+        skipped = len(terminalreporter.stats.get("skipped", []))
+        terminalreporter.write_line(
+            f"{INFRA_ENV}=testcontainers: {skipped} integration/e2e test(s) skipped, "
+            f"not run on Kafka and PostgreSQL: {reason}", yellow=True)
 
 
 @pytest.fixture(scope="session")
@@ -42,14 +96,45 @@ def data_dir() -> Iterator[Path]:
         yield Path(tmp)
 
 
+def _start_test_infrastructure(mode: str, data_dir: Path) -> Infrastructure:
+    if mode == "external":
+        if missing := [name for name in ADDRESS_ENV if not os.environ.get(name)]:
+            pytest.fail(f"{INFRA_ENV}=external needs {' and '.join(missing)}", pytrace=False)
+        return start_infrastructure(data_dir)  # both given: starts nothing
+    if mode == "testcontainers":
+        if reason := containers.docker_unavailable_reason():
+            pytest.skip(f"{INFRA_ENV}=testcontainers: {reason}")
+        return containers.start_container_infrastructure()
+    return start_infrastructure(data_dir, fsync=False)
+
+
 @pytest.fixture(scope="session")
 def infra(data_dir: Path) -> Iterator[Infrastructure]:
-    started = start_infrastructure(data_dir, fsync=False)
+    mode = infra_mode()
+    started = _start_test_infrastructure(mode, data_dir)
+    exported = {name: os.environ.get(name) for name in ADDRESS_ENV}
     try:
+        if mode == "testcontainers":
+            # Tests that start a platform of their own (start_infrastructure) use these too.
+            os.environ.update(LOYALTY_PG_DSN=started.pg_dsn,
+                              LOYALTY_KAFKA_BOOTSTRAP=started.kafka_bootstrap)
         asyncio.run(kafka.ensure_topics(started.kafka_bootstrap))
         yield started
     finally:
+        for name, value in exported.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         started.stop()
+
+
+@pytest.fixture(autouse=True)
+def _real_infra_first(request: pytest.FixtureRequest) -> None:
+    """In the testcontainers mode, the containers run before any integration or e2e test,
+    including those that never ask for `infra` but start a platform of their own."""
+    if infra_mode() == "testcontainers" and needs_real_infra(request.node):
+        request.getfixturevalue("infra")
 
 
 @pytest.fixture(scope="session")
