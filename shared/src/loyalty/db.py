@@ -17,6 +17,8 @@ import asyncpg
 import orjson
 import structlog
 
+from loyalty.settings import PostgresTls
+
 log = structlog.get_logger(__name__)
 
 SERVICES = ("earn", "ledger", "expiry", "rewards")
@@ -69,7 +71,7 @@ async def provision_service(admin_dsn: str, service: str,
                             password: str = DEFAULT_SERVICE_PASSWORD) -> str:
     """Create the service's role and schema if missing; return the service's DSN. Idempotent."""
     role = role_name(service)
-    conn = await asyncpg.connect(admin_dsn)
+    conn = await asyncpg.connect(PostgresTls().apply(admin_dsn))
     try:
         # Two starters racing: one waits for the other, then finds everything in place.
         async with conn.transaction():
@@ -89,7 +91,9 @@ async def provision_service(admin_dsn: str, service: str,
 async def create_pool(dsn: str, *, size_max: int = 10, schema: str | None = None) -> asyncpg.Pool:
     settings = {"search_path": schema} if schema else {}
     pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=size_max, command_timeout=POOL_COMMAND_TIMEOUT_S,
+        # TLS: LOYALTY_PG_SSLMODE / LOYALTY_PG_SSLROOTCERT, unless the DSN says otherwise.
+        PostgresTls().apply(dsn),
+        min_size=1, max_size=size_max, command_timeout=POOL_COMMAND_TIMEOUT_S,
         server_settings={"application_name": f"loyalty-{schema or 'admin'}", **settings},
         init=_init_connection,
     )

@@ -29,10 +29,12 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
 from loyalty import metrics
 from loyalty.messaging import BatchConsumer
 from loyalty.periodic import every
+from loyalty.settings import KafkaSecurity, kafka_client_kwargs
 from loyalty.topics import TopicSpec, all_topics
 
 log = structlog.get_logger(__name__)
@@ -49,7 +51,8 @@ GRACEFUL_STOP_S = 3.0
 async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec] | None = None) -> None:
     """Create every platform topic that does not exist yet; existing ones are left alone."""
     specs = list(specs or all_topics())
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ADMIN_TIMEOUT_MS)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ADMIN_TIMEOUT_MS,
+                                **kafka_client_kwargs())
     await admin.start()
     try:
         # One node locally; on a real cluster set LOYALTY_TOPIC_REPLICATION (e.g. 3).
@@ -69,7 +72,21 @@ def make_broker(bootstrap: str, service: str) -> KafkaBroker:
     """A faststream broker that only consumes (emitting goes through the outbox relay)."""
     return KafkaBroker(bootstrap, client_id=f"loyalty-{service}", enable_idempotence=False,
                        acks="all", graceful_timeout=GRACEFUL_STOP_S,
+                       security=faststream_security(KafkaSecurity()),
                        logger=logging.getLogger("loyalty.faststream"))
+
+
+def faststream_security(security: KafkaSecurity) -> BaseSecurity | None:
+    """The settings as faststream's security object (which it turns into aiokafka's kwargs)."""
+    context = security.ssl_context()
+    if security.kafka_sasl_mechanism:
+        sasl = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256,
+                "SCRAM-SHA-512": SASLScram512}[security.kafka_sasl_mechanism]
+        password = security.kafka_sasl_password
+        return sasl(security.kafka_sasl_username or "",
+                    password.get_secret_value() if password else "",
+                    ssl_context=context, use_ssl=security.uses_tls)
+    return BaseSecurity(ssl_context=context, use_ssl=True) if security.uses_tls else None
 
 
 async def start_broker(broker: KafkaBroker) -> None:

@@ -612,9 +612,11 @@ class OutboxRelay:
         self.backlog = 0
 
     async def start(self) -> None:
+        from loyalty.settings import kafka_client_kwargs  # TLS / SASL from LOYALTY_KAFKA_*
+
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False,
-            linger_ms=2, client_id=f"loyalty-{self.service}-relay")
+            linger_ms=2, client_id=f"loyalty-{self.service}-relay", **kafka_client_kwargs())
         await self.producer.start()
         self._task = asyncio.create_task(self._run(), name=f"{self.service}-outbox-relay")
         self._stats_task = asyncio.create_task(

@@ -7,7 +7,11 @@ Shared names are the contract's (`LOYALTY_KAFKA_BOOTSTRAP`, `LOYALTY_PG_DSN`,
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+import ssl
+from typing import Any, Literal
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,8 +19,97 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
-class ServiceSettings(BaseSettings):
-    """What every service needs; subclasses name their DSN and port variables."""
+KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+PgSslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+
+
+class KafkaSecurity(BaseSettings):
+    """How every Kafka client of a process (consumers, the outbox relay, the admin client, the
+    CLI) reaches the brokers: TLS with a CA file, SASL with a mechanism and credentials."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    kafka_security_protocol: KafkaProtocol = Field(
+        "PLAINTEXT", validation_alias=_env("LOYALTY_KAFKA_SECURITY_PROTOCOL"))
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        None, validation_alias=_env("LOYALTY_KAFKA_SASL_MECHANISM"))
+    kafka_sasl_username: str | None = Field(
+        None, validation_alias=_env("LOYALTY_KAFKA_SASL_USERNAME"))
+    kafka_sasl_password: SecretStr | None = Field(
+        None, validation_alias=_env("LOYALTY_KAFKA_SASL_PASSWORD"))
+    # PEM bundle of the CA that signed the brokers' certificates; unset: the system's CAs.
+    kafka_ssl_cafile: str | None = Field(None, validation_alias=_env("LOYALTY_KAFKA_SSL_CAFILE"))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSecurity:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username
+                         and self.kafka_sasl_password):
+            raise ValueError(f"{self.kafka_security_protocol} needs LOYALTY_KAFKA_SASL_MECHANISM,"
+                             " LOYALTY_KAFKA_SASL_USERNAME and LOYALTY_KAFKA_SASL_PASSWORD")
+        if not sasl and self.kafka_sasl_mechanism:
+            raise ValueError("LOYALTY_KAFKA_SASL_MECHANISM is set but the security protocol "
+                             f"{self.kafka_security_protocol} has no SASL")
+        if self.kafka_ssl_cafile and not self.uses_tls:
+            raise ValueError("LOYALTY_KAFKA_SSL_CAFILE is set but the security protocol "
+                             f"{self.kafka_security_protocol} has no TLS")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.kafka_security_protocol in ("SSL", "SASL_SSL")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """Verifies the brokers' certificates and host names (against the CA file if given)."""
+        if not self.uses_tls:
+            return None
+        return ssl.create_default_context(cafile=self.kafka_ssl_cafile)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka's producer, consumer and admin client."""
+        kwargs: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.uses_tls:
+            kwargs["ssl_context"] = self.ssl_context()
+        if self.kafka_sasl_mechanism:
+            kwargs.update(sasl_mechanism=self.kafka_sasl_mechanism,
+                          sasl_plain_username=self.kafka_sasl_username,
+                          sasl_plain_password=self.kafka_sasl_password.get_secret_value()
+                          if self.kafka_sasl_password else None)
+        return kwargs
+
+
+class PostgresTls(BaseSettings):
+    """TLS to PostgreSQL for every pool and connection of a process. A `sslmode` or
+    `sslrootcert` written in the DSN itself wins over these."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    pg_sslmode: PgSslMode | None = Field(None, validation_alias=_env("LOYALTY_PG_SSLMODE"))
+    # PEM file of the CA that signed the server's certificate (verify-ca, verify-full).
+    pg_sslrootcert: str | None = Field(None, validation_alias=_env("LOYALTY_PG_SSLROOTCERT"))
+
+    def apply(self, dsn: str) -> str:
+        """The DSN with `sslmode` / `sslrootcert` added where it does not say them itself."""
+        extra = {k: v for k, v in (("sslmode", self.pg_sslmode),
+                                   ("sslrootcert", self.pg_sslrootcert)) if v}
+        if not extra:
+            return dsn
+        parts = urlsplit(dsn)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        given = {k for k, _ in query}
+        query += [(k, v) for k, v in extra.items() if k not in given]
+        return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
+def kafka_client_kwargs() -> dict[str, Any]:
+    """Security keyword arguments for an aiokafka client, from the environment."""
+    return KafkaSecurity().client_kwargs()
+
+
+class ServiceSettings(KafkaSecurity, PostgresTls):
+    """What every service needs; subclasses name their DSN and port variables. The Kafka and
+    Postgres security settings are validated with the rest at start."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 

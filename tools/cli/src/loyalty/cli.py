@@ -30,6 +30,7 @@ from loyalty import db, topics
 from loyalty.clock import UuidIds
 from loyalty.logging import configure_logging, mask_pii
 from loyalty.programs import ProgramDefinition, ProgramFileError, load_programs_file
+from loyalty.settings import PostgresTls, kafka_client_kwargs
 
 # The repository's programs/demo.yaml (tools/cli/src/loyalty/cli.py is 4 levels below the root).
 DEMO_PROGRAMS = Path(__file__).resolve().parents[4] / "programs" / "demo.yaml"
@@ -62,7 +63,7 @@ def program_message(program: ProgramDefinition) -> dict:
 
 async def publish_programs(bootstrap: str, programs: list[ProgramDefinition]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                enable_idempotence=False)
+                                enable_idempotence=False, **kafka_client_kwargs())
     await producer.start()
     try:
         for program in programs:
@@ -103,7 +104,8 @@ async def _sink(bootstrap: str, stop: asyncio.Event) -> None:
     """The notification log sink: prints what an SMS or e-mail sender would send."""
     consumer = AIOKafkaConsumer(topics.NOTIFICATIONS_SMS, topics.NOTIFICATIONS_EMAIL,
                                 bootstrap_servers=bootstrap, group_id="loyalty-notification-sink",
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                **kafka_client_kwargs())
     await consumer.start()
     try:
         while not stop.is_set():
@@ -206,7 +208,8 @@ async def _audit(dsn: str) -> tuple[list[str], dict[str, int]]:
     # must not depend on a service, but the workspace installs both, so `loyalty audit` works.
     from ledger.audit import audit, census
 
-    conn = await asyncpg.connect(dsn, server_settings={"search_path": "ledger"})
+    conn = await asyncpg.connect(PostgresTls().apply(dsn),
+                                 server_settings={"search_path": "ledger"})
     try:
         # One snapshot for the checks and the counts, while the ledger may keep writing.
         async with conn.transaction(isolation="repeatable_read", readonly=True):

@@ -40,6 +40,7 @@ from loyalty.cli import DEMO_PROGRAMS, publish_programs, wait_programs_applied
 from loyalty.infra import Infrastructure, start_infrastructure
 from loyalty.platform import Platform
 from loyalty.programs import load_programs_file
+from loyalty.settings import kafka_client_kwargs
 
 CONSUME_TIMEOUT_S = 30.0
 INFRA_ENV = "LOYALTY_TEST_INFRA"
@@ -174,7 +175,8 @@ class Kafka:
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
         self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                         enable_idempotence=False, linger_ms=5)
+                                         enable_idempotence=False, linger_ms=5,
+                                         **kafka_client_kwargs())
 
     async def publish(self, topic: str, value: dict[str, Any] | bytes, key: str | None = None,
                       headers: dict[str, str] | None = None) -> None:
@@ -194,7 +196,8 @@ class Kafka:
                        ) -> list[ConsumerRecord]:
         """Read `topic` from the beginning until `count` records match (or fail on timeout)."""
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.bootstrap, group_id=None,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
+                                    auto_offset_reset="earliest", enable_auto_commit=False,
+                                    **kafka_client_kwargs())
         await consumer.start()
         found: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout_s
@@ -214,7 +217,7 @@ class Kafka:
     async def read_all(self, topic: str) -> list[ConsumerRecord]:
         """Every record now in `topic`, all partitions, up to their current end."""
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                    enable_auto_commit=False)
+                                    enable_auto_commit=False, **kafka_client_kwargs())
         await consumer.start()
         try:
             await consumer.topics()  # fetches the cluster's metadata
