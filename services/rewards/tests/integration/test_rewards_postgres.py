@@ -11,9 +11,11 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from cryptography.fernet import Fernet
 
 from loyalty import topics
@@ -27,6 +29,7 @@ from rewards.adapters.codes_import import import_codes, rotate_keys
 from rewards.adapters.postgres import RewardsRepository
 from rewards.adapters.vault import CodeVault
 from rewards.domain.saga import State
+from rewards.entrypoints import jobs
 
 pytestmark = pytest.mark.integration
 
@@ -238,3 +241,29 @@ async def test_cancelling_after_capture_voids_and_refunds_once(pool, deps, membe
     assert twice.value.code == "already_cancelled"
     await run(pool, handlers.ledger_event, deps, answer("o-1", "refund", "points.credited"))
     assert await state(pool) == (State.CANCELLED.value, "cancelled")
+
+
+async def test_delivery_sends_each_code_once_and_an_undeliverable_order_holds_up_no_other(
+        pool, deps, member, infra) -> None:
+    stranger = CodeVault([Fernet.generate_key()], HMAC_KEY)  # a key the service was not given
+    async with pool.acquire() as conn:
+        await import_codes(conn, stranger, "p", "g", ["LOST-1"], "foreign")
+    await load(pool, ["GOOD-1"])
+    for order_id in ("o-1", "o-2"):
+        await run(pool, handlers.redemption_requested, deps, request(order_id))
+        await run(pool, handlers.ledger_event, deps, answer(order_id, "reserve", "points.reserved"))
+        await run(pool, handlers.ledger_event, deps, answer(order_id, "capture", "points.captured"))
+    relay = SimpleNamespace(notify=lambda: None)
+    runtime = SimpleNamespace(pool=pool, name="rewards-test", relay=relay)
+    delivery = jobs.Delivery(runtime, deps, VAULT, batch_size_max=10)  # type: ignore[arg-type]
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        assert await delivery.deliver_once(producer) == 1
+        assert await delivery.deliver_once(producer) == 0  # nothing sent twice
+    finally:
+        await producer.stop()
+    assert await state(pool, "o-1") == ("delivering", "points_reserved")
+    assert await state(pool, "o-2") == ("fulfilled", "fulfilled")
+    assert dict(await pool.fetch("SELECT order_id, status FROM codes")) == {
+        "o-1": "allocated", "o-2": "delivered"}

@@ -33,7 +33,7 @@ from loyalty.programs import ProgramDefinition
 from loyalty.service import Runtime
 from rewards import handlers
 from rewards.adapters.postgres import RewardsRepository
-from rewards.adapters.vault import CodeVault
+from rewards.adapters.vault import CodeVault, VaultError
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +41,10 @@ DELIVERY_POLL_INTERVAL_S = 0.5
 DELIVERY_BACKOFF_MAX_S = 5.0
 SWEEP_INTERVAL_S = 1.0
 SWEEP_ORDERS_MAX = 200
+
+
+class Undeliverable(Exception):
+    """An order whose codes cannot be sent (no address, codes missing): an operator's case."""
 
 
 class Delivery:
@@ -120,43 +124,53 @@ class Delivery:
             members = await repo.members({(r.program_id, r.member_id or "") for r in rows})
             codes_of = await repo.codes_of_orders([row.order_id for row in rows])
             done: list[str] = []
+            stuck: list[str] = []
             for row in rows:
                 program = programs[row.program_id]
                 member = members.get((row.program_id, row.member_id or ""))
                 route = handlers.route_of(row, member)
                 codes = codes_of[row.order_id]
-                if program is None or route is None or len(codes) != row.quantity:
+                try:
+                    if program is None or route is None or len(codes) != row.quantity:
+                        raise Undeliverable(f"codes {len(codes)} of {row.quantity}, "
+                                            f"reachable {route is not None}")
+                    clear = [(unit, self.vault.decrypt(token)) for unit, token in codes]
+                except (Undeliverable, VaultError) as exc:
+                    # One order we cannot deliver must not hold up the others: it waits at
+                    # the back of the queue (and on the error metric) for an operator.
                     metrics.count(handlers.SERVICE, "delivery_impossible")
-                    log.error("delivery.impossible", order_id=row.order_id,
-                              codes_found=len(codes), quantity=row.quantity,
-                              reachable=route is not None)
+                    log.error("delivery.impossible", order_id=row.order_id, error=str(exc))
+                    stuck.append(row.order_id)
                     continue
                 channel, to = route
+                topic = (topics.NOTIFICATIONS_SMS if channel == "sms"
+                         else topics.NOTIFICATIONS_EMAIL)
                 now = self.deps.clock.now()
-                for unit, token in codes:
-                    messages.append((
-                        topics.NOTIFICATIONS_SMS if channel == "sms"
-                        else topics.NOTIFICATIONS_EMAIL,
-                        row.member_id or "",
-                        build_notification(
-                            template="reward_fulfilled",
-                            locale=row.locale or program.default_locale, channel=channel,
-                            to=to, program_id=row.program_id, member_id=row.member_id or "",
-                            params={"program_name": program.name,
-                                    "reward_name": row.reward_name,
-                                    "code": self.vault.decrypt(token)},
-                            fact_id=f"order:{row.order_id}:unit:{unit}", occurred_at=now)))
+                for unit, code in clear:
+                    messages.append((topic, row.member_id or "", build_notification(
+                        template="reward_fulfilled",
+                        locale=row.locale or program.default_locale, channel=channel,
+                        to=to, program_id=row.program_id, member_id=row.member_id or "",
+                        params={"program_name": program.name, "reward_name": row.reward_name,
+                                "code": code},
+                        fact_id=f"order:{row.order_id}:unit:{unit}", occurred_at=now)))
+                clear.clear()
                 await handlers.delivered(repo, self.deps, row, outbox)
                 done.append(row.order_id)
             await repo.mark_delivered(done)
+            if stuck:
+                await conn.execute("UPDATE orders SET updated_at = $2"
+                                   " WHERE order_id = ANY($1::text[])",
+                                   stuck, self.deps.clock.now())
             futures = [await producer.send(topic, to_json_bytes(message), key=key.encode())
                        for topic, key, message in messages]
+            sent_topics = [topic for topic, _, _ in messages]
             messages.clear()
             await asyncio.gather(*futures)
-            for _ in futures:
-                metrics.MESSAGES_PRODUCED.labels(self.runtime.name, "notifications").inc()
+            for topic in sent_topics:
+                metrics.MESSAGES_PRODUCED.labels(self.runtime.name, topic).inc()
             await outbox.flush(conn)
-        return len(rows)
+        return len(done)
 
 
 def sweeper(runtime: Runtime, deps: handlers.Deps) -> Callable[[], Awaitable[None]]:
