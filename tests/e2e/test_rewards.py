@@ -28,7 +28,7 @@ from test_rewards_helpers import (
 
 from loyalty import topics
 from loyalty.contracts import Notification, OrderStatusChanged
-from loyalty.testing import Api, Kafka, unique, unique_phone
+from loyalty.testing import Api, Kafka, purchase_event, unique, unique_phone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -348,3 +348,28 @@ async def test_unknown_orders_and_programs_are_404_and_the_token_is_required(
     assert (status, body["error"]["code"]) == (404, "program_not_found")
     status, body = await rewards.get("/v1/orders/x", token="wrong")
     assert (status, body["error"]["code"]) == (401, "unauthorized")
+
+
+async def test_a_code_goes_by_e_mail_when_the_request_asks_for_it(
+        platform, infra, api_token, kafka_client: Kafka, ledger: Api, rewards: Api,
+        tmp_path) -> None:
+    program_id = await apply_program(platform, kafka_client, api_token, rewards)
+    assert import_codes(infra.pg_dsn, program_id, ["MAIL-CODE-1"], tmp_path).returncode == 0
+    phone, email = unique_phone(), f"{unique('m')}@example.com"
+    purchase = purchase_event({"phone": phone, "email": email}, "10.00",
+                              program_id=program_id, category="x")
+    await kafka_client.publish(topics.PURCHASES, purchase, key=purchase["order_id"])
+    await ledger.wait_until(f"/v1/programs/{program_id}/members/email:{email}",
+                            lambda b: b["balance"] >= 1000)
+    order = request(program_id, phone, delivery={"channel": "email"}, locale="pl")
+    await kafka_client.publish(topics.REDEMPTIONS, order, key=order["event_id"])
+
+    [mail] = await kafka_client.wait_for(
+        topics.NOTIFICATIONS_EMAIL,
+        lambda r: json.loads(r.value)["to"] == email
+        and json.loads(r.value)["template"] == "reward_fulfilled")
+    message = json.loads(mail.value)
+    Notification.model_validate(message)
+    assert "MAIL-CODE-1" in message["body"] and message["subject"]
+    assert message["locale"] == "pl"
+    await wait_status(rewards, order["event_id"], "fulfilled")
