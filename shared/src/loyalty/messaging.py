@@ -287,9 +287,15 @@ time to isolate the bad one, which is dead-lettered (`constraint_violation`, or 
 
 
 def header_in(name: str, *values: str) -> Callable[[ConsumerRecord], bool]:
-    """An `accept` filter: records whose header `name` is one of `values`."""
+    """An `accept` filter: records whose header `name` is one of `values`, and records
+    without that header (published before it existed: they are decoded and judged)."""
     wanted = {v.encode() for v in values}
-    return lambda record: any(k == name and v in wanted for k, v in record.headers or ())
+
+    def accept(record: ConsumerRecord) -> bool:
+        found = [v for k, v in record.headers or () if k == name]
+        return not found or found[0] in wanted
+
+    return accept
 
 
 def _header(record: ConsumerRecord, name: str) -> str | None:

@@ -18,7 +18,7 @@ from pydantic import TypeAdapter
 
 from loyalty import topics
 from loyalty.contracts import LedgerEvent, MemberEvent, RedemptionEvent, RedemptionRequested
-from loyalty.messaging import Envelope, Outbox, Rejected, decoder
+from loyalty.messaging import Envelope, Outbox, Rejected, decoder, header_in
 from loyalty.programs import ProgramDefinition, ProgramFileError
 from loyalty.service import Runtime
 from rewards import handlers
@@ -60,5 +60,7 @@ def wire(runtime: Runtime, deps: handlers.Deps) -> None:
     runtime.consume(topics.PROGRAMS, decode_program, on_program, use_inbox=False)
     runtime.consume(topics.MEMBERS, decoder(MemberEvent), on_member)
     runtime.consume(topics.REDEMPTIONS, decoder(TypeAdapter(RedemptionEvent)), on_redemption)
+    # Only the ledger's answers about redemptions matter here: the rest (every purchase's
+    # credit) is skipped by its header, unparsed.
     runtime.consume(topics.LEDGER, decoder(LedgerEvent), handle_batch=on_ledger_events,
-                    use_inbox=False)
+                    use_inbox=False, accept=header_in("source.kind", "redemption"))
