@@ -80,11 +80,22 @@ class Lifecycle(_Model):
     enrolment_closes_at: AwareDatetime | None = None
     earning_closes_at: AwareDatetime | None = None
     redemption_closes_at: AwareDatetime | None = None
+    # When members still holding points hear that redemption closes (an addition to
+    # CONTRACT's schema: days before `redemption_closes_at`).
+    closing_notice_days: list[Annotated[int, Field(strict=True, ge=1, le=3650)]] = Field(
+        default_factory=lambda: [30, 7], max_length=10)
 
-    @field_validator("*")
+    @field_validator("enrolment_closes_at", "earning_closes_at", "redemption_closes_at")
     @classmethod
     def _to_utc(cls, value: datetime | None) -> datetime | None:
         return _utc(value)
+
+    @field_validator("closing_notice_days")
+    @classmethod
+    def _distinct_days(cls, days: list[int]) -> list[int]:
+        if len(set(days)) != len(days):
+            raise ValueError("closing_notice_days must not repeat a day")
+        return days
 
     @model_validator(mode="after")
     def _in_order(self) -> Lifecycle:

@@ -27,7 +27,6 @@ import structlog
 
 from expiry.adapters.postgres import ExpiryRepository, NewLot, NoticeCandidate
 from expiry.domain.schedule import (
-    SUNSET_NOTICE_DAYS_BEFORE,
     ExpireOrder,
     Program,
     expire_reason,
@@ -56,7 +55,8 @@ def program_view(definition: ProgramDefinition) -> Program:
         default_locale=definition.default_locale, policy=definition.expiry.policy,
         inactivity_months=definition.expiry.inactivity_months,
         warn_days_before=tuple(definition.expiry.warn_days_before),
-        redemption_closes_at=definition.lifecycle.redemption_closes_at)
+        redemption_closes_at=definition.lifecycle.redemption_closes_at,
+        closing_notice_days=tuple(definition.lifecycle.closing_notice_days))
 
 
 async def apply_program(repo: ExpiryRepository, definition: ProgramDefinition) -> None:
@@ -350,8 +350,7 @@ async def _warn_inactive(repo: ExpiryRepository, programs: dict[str, Program],
 
 async def _closing_notices(repo: ExpiryRepository, programs: dict[str, Program],
                            as_of: datetime, limits: SweepLimits, report: SweepReport) -> bool:
-    found = await repo.closing_notices(as_of, SUNSET_NOTICE_DAYS_BEFORE,
-                                       limits.notices_per_batch_max)
+    found = await repo.closing_notices(as_of, limits.notices_per_batch_max)
     await _send_notices(repo, programs, found, "program_closing", as_of, report)
     return len(found) == limits.notices_per_batch_max
 
@@ -366,7 +365,7 @@ async def _send_notices(repo: ExpiryRepository, programs: dict[str, Program],
     rows, sends = [], []
     for c in found:
         program = programs[c.program_id]
-        days = (SUNSET_NOTICE_DAYS_BEFORE if template == "program_closing"
+        days = (program.closing_notice_days if template == "program_closing"
                 else program.warn_days_before)
         decision = notice_due(c.due_at, days, as_of)
         if decision is None:  # the SQL and the rule disagree: the rule wins, nothing is sent

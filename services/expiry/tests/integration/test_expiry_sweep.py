@@ -208,6 +208,25 @@ async def test_a_sunset_notifies_holders_then_expires_every_point(world) -> None
     assert expired["source"]["kind"] == "sunset" and expired["points"] == -300
 
 
+async def test_a_program_chooses_its_own_closing_notice_days(world) -> None:
+    closes = datetime(2021, 6, 30, 21, 0, tzinfo=UTC)
+    await world.program(program(policy="none") | {
+        "lifecycle": {"redemption_closes_at": closes.isoformat(),
+                      "closing_notice_days": [14, 1]}})
+    await world.member("p1", "holder", phone="+37060000001")
+    await world.earn("p1", "holder", 120, T0)
+
+    await world.sweep(closes - timedelta(days=30))  # the default days do not apply
+    await world.sweep(closes - timedelta(days=15))
+    assert world.messages("program_closing") == []
+    await world.sweep(closes - timedelta(days=14))
+    await world.sweep(closes - timedelta(days=2))
+    assert len(world.messages("program_closing")) == 1
+    await world.sweep(closes - timedelta(days=1))
+    await world.sweep(closes - timedelta(hours=1))
+    assert len(world.messages("program_closing")) == 2
+
+
 async def test_a_dry_run_forecasts_and_changes_nothing(world) -> None:
     await world.program(program())
     await world.member("p1", "m1", phone="+37060000001")

@@ -60,17 +60,19 @@ class ExpiryRepository:
     async def save_program(self, program: Program, definition: dict[str, Any]) -> None:
         await self.conn.execute(
             "INSERT INTO programs (program_id, name, time_zone, default_locale, policy,"
-            " inactivity_months, warn_days_before, redemption_closes_at, definition)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            " inactivity_months, warn_days_before, redemption_closes_at, definition,"
+            " closing_notice_days)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
             " ON CONFLICT (program_id) DO UPDATE SET name = EXCLUDED.name,"
             " time_zone = EXCLUDED.time_zone, default_locale = EXCLUDED.default_locale,"
             " policy = EXCLUDED.policy, inactivity_months = EXCLUDED.inactivity_months,"
             " warn_days_before = EXCLUDED.warn_days_before,"
             " redemption_closes_at = EXCLUDED.redemption_closes_at,"
+            " closing_notice_days = EXCLUDED.closing_notice_days,"
             " definition = EXCLUDED.definition, updated_at = now()",
             program.program_id, program.name, program.time_zone, program.default_locale,
             program.policy, program.inactivity_months, list(program.warn_days_before),
-            program.redemption_closes_at, definition)
+            program.redemption_closes_at, definition, list(program.closing_notice_days))
 
     async def programs(self, program_ids: Iterable[str] | None = None) -> dict[str, Program]:
         if program_ids is None:
@@ -357,19 +359,19 @@ class ExpiryRepository:
             " ORDER BY 3, 2 LIMIT $3", as_of, horizon_days, limit)
         return [_candidate(r) for r in rows]
 
-    async def closing_notices(self, as_of: datetime, days_before: Sequence[int], limit: int
-                              ) -> list[NoticeCandidate]:
-        """Members still holding points of a program whose redemption deadline is near."""
+    async def closing_notices(self, as_of: datetime, limit: int) -> list[NoticeCandidate]:
+        """Members still holding points of a program whose redemption deadline is near (each
+        program's own `closing_notice_days`)."""
         rows = await self.conn.fetch(
             "SELECT m.program_id, m.member_id, p.redemption_closes_at AS due_at,"
             " m.balance AS points FROM programs p JOIN members m USING (program_id)"
-            " CROSS JOIN LATERAL (SELECT min(d) AS days FROM unnest($2::int[]) d"
+            " CROSS JOIN LATERAL (SELECT min(d) AS days FROM unnest(p.closing_notice_days) d"
             "  WHERE p.redemption_closes_at - make_interval(hours => 24 * d) <= $1) t"
             " WHERE p.redemption_closes_at > $1 AND t.days IS NOT NULL AND m.balance > 0"
             " AND NOT EXISTS (SELECT 1 FROM notices n WHERE n.program_id = m.program_id"
             "  AND n.member_id = m.member_id AND n.template = 'program_closing'"
             "  AND n.due_at = p.redemption_closes_at AND n.threshold_days = t.days)"
-            " ORDER BY 1, 2 LIMIT $3", as_of, list(days_before), limit)
+            " ORDER BY 1, 2 LIMIT $2", as_of, limit)
         return [_candidate(r) for r in rows]
 
     async def record_notices(self, rows: Sequence[tuple[str, str, str, datetime, int, str, int,
@@ -393,7 +395,7 @@ class ExpiryRepository:
 def _program(r: asyncpg.Record) -> Program:
     return Program(r["program_id"], r["name"], r["time_zone"], r["default_locale"], r["policy"],
                    r["inactivity_months"], tuple(r["warn_days_before"]),
-                   r["redemption_closes_at"])
+                   r["redemption_closes_at"], tuple(r["closing_notice_days"]))
 
 
 def _lot(r: asyncpg.Record) -> LotDue:

@@ -29,7 +29,6 @@ from loyalty.expiry import inactivity_expires_at, warning_instants
 
 ExpireKind = Literal["expiry", "inactivity", "sunset"]
 
-SUNSET_NOTICE_DAYS_BEFORE = (30, 7)
 
 
 class AsOfInFuture(ValueError):
@@ -48,6 +47,7 @@ class Program:
     inactivity_months: int | None
     warn_days_before: tuple[int, ...]
     redemption_closes_at: datetime | None
+    closing_notice_days: tuple[int, ...] = (30, 7)
 
     def inactivity_due_at(self, last_activity_at: datetime | None) -> datetime | None:
         """When all of a member's points expire under this program's inactivity rule (None
