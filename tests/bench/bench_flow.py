@@ -81,6 +81,24 @@ class RssWatch:
         self.sample()
 
 
+def cpu_seconds(root: psutil.Process) -> dict[str, float]:
+    """CPU time (user + system) used so far by each part of the platform under `root`:
+    the services, Postgres (all its processes) and the broker. Unlike wall time it hardly
+    depends on what else the machine runs, so CPU per purchase is the figure to compare."""
+    used: dict[str, float] = {}
+    for proc in root.children(recursive=True):
+        try:
+            cmd = " ".join(proc.cmdline())
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        name = next((s for s in ("earn", "ledger", "expiry", "rewards") if f"-m {s}" in cmd),
+                    "postgres" if "postgres" in cmd else "broker" if "tansu" in cmd else None)
+        if name:
+            used[name] = used.get(name, 0.0) + times.user + times.system
+    return used
+
+
 async def watch(consumer: AIOKafkaConsumer, wanted: set[str], key: str,
                 seen: dict[str, float]) -> None:
     """Record when each of `wanted` (the value of `key` in a record) first appears."""
@@ -99,7 +117,8 @@ async def throughput(bootstrap: str, n: int, members: int) -> None:
     run = uuid.uuid4().hex[:8]
     phones = [f"+3706{i:07d}" for i in range(members)]
     events = [purchase(run, i, phones[i % members]) for i in range(n)]
-    ledger, sms = await tail(bootstrap, topics.LEDGER), await tail(bootstrap, topics.NOTIFICATIONS_SMS)
+    ledger = await tail(bootstrap, topics.LEDGER)
+    sms = await tail(bootstrap, topics.NOTIFICATIONS_SMS)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     credited: dict[str, float] = {}
@@ -148,7 +167,8 @@ async def latency(bootstrap: str, rate: float, seconds: float) -> None:
     n = int(rate * seconds)
     phones = [f"+3709{int(run, 16) % 10**3:03d}{i:04d}" for i in range(n)]
     events = [purchase(run, i, phones[i]) for i in range(n)]
-    ledger, sms = await tail(bootstrap, topics.LEDGER), await tail(bootstrap, topics.NOTIFICATIONS_SMS)
+    ledger = await tail(bootstrap, topics.LEDGER)
+    sms = await tail(bootstrap, topics.NOTIFICATIONS_SMS)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
     await producer.start()
     sent: dict[str, float] = {}
@@ -243,8 +263,18 @@ async def measure(bootstrap: str, pg_dsn: str, pids: dict[str, int],
         await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         await conn.execute("SELECT pg_stat_statements_reset()")
         await conn.close()
+    me = psutil.Process()
     with RssWatch(pids) as rss:
+        before = cpu_seconds(me)
         await throughput(bootstrap, args.purchases, args.members)
+        used = {k: v - before.get(k, 0.0) for k, v in cpu_seconds(me).items()}
+        if used:  # only when the platform is this script's own (its children)
+            print("  CPU per purchase (user + system), by part of the platform:")
+            for name, seconds in sorted(used.items(), key=lambda kv: -kv[1]):
+                print(f"    {name:<10} {seconds * 1000 / args.purchases:6.3f} ms")
+            print(f"    {'total':<10} {sum(used.values()) * 1000 / args.purchases:6.3f} ms "
+                  f"(2 cores: at most {2 * args.purchases / sum(used.values()):,.0f}"
+                  " purchases/s with nothing else running)")
         await latency(bootstrap, args.rate, args.seconds)
     print("\npeak RSS per process (start -> peak):")
     for name in pids:
