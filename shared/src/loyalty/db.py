@@ -9,6 +9,7 @@ several replicas starting together apply each file once.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -41,6 +42,27 @@ def package_migrations(module_file: str) -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"no migrations directory for the package in {package_dir}")
+
+
+async def insert_many(conn: asyncpg.Connection, table: str, columns: Sequence[tuple[str, str]],
+                      rows: Sequence[Sequence[Any]], suffix: str = "") -> None:
+    """Insert `rows` in ONE statement, in order: one array per column, `unnest`ed. Postgres
+    plans and executes it once, where `executemany` runs the INSERT once per row.
+    `columns` are (name, SQL type); `suffix` is e.g. `ON CONFLICT DO NOTHING`. jsonb values
+    travel as JSON text (a JSON list inside a Postgres array would read as a dimension)."""
+    if not rows:
+        return
+    names = ", ".join(name for name, _ in columns)
+    arrays = ", ".join(f"${i}::{'text' if t == 'jsonb' else t}[]"
+                       for i, (_, t) in enumerate(columns, 1))
+    aliases = [f"c{i}" for i in range(len(columns))]
+    picks = ", ".join(f"{a}::jsonb" if t == "jsonb" else a
+                      for a, (_, t) in zip(aliases, columns, strict=True))
+    values = [[_jsonb_text(row[i]) if t == "jsonb" and row[i] is not None else row[i]
+               for row in rows] for i, (_, t) in enumerate(columns)]
+    await conn.execute(
+        f"INSERT INTO {table} ({names}) SELECT {picks} FROM unnest({arrays})"
+        f" WITH ORDINALITY AS t({', '.join(aliases)}, n) ORDER BY n {suffix}", *values)
 
 
 def role_name(service: str) -> str:

@@ -49,6 +49,7 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from loyalty import metrics
+from loyalty.db import insert_many
 from loyalty.logging import correlation, current_correlation_id
 from loyalty.periodic import every
 from loyalty.topics import dlq
@@ -67,6 +68,9 @@ RECORD_TRIES_MAX = 3  # failures of a record alone, with the database up, before
 HEALTH_PROBE_TIMEOUT_S = 2.0
 # Text Postgres cannot store (NUL) or UTF-8 cannot encode (lone surrogates).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+OUTBOX_COLUMNS = (("topic", "text"), ("key", "bytea"), ("value", "bytea"), ("headers", "jsonb"))
 
 
 class Rejected(Exception):
@@ -233,8 +237,7 @@ class Outbox:
     async def flush(self, conn: asyncpg.Connection) -> None:
         if not self.rows:
             return
-        await conn.executemany(
-            "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4)", self.rows)
+        await insert_many(conn, "outbox", OUTBOX_COLUMNS, self.rows)  # in order: ids follow
         self.rows.clear()
 
 

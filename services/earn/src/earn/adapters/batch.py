@@ -20,7 +20,27 @@ import asyncpg
 
 from earn.adapters.postgres import Member, Order, parsed_program
 from earn.domain.rules import TIER_WINDOW
+from loyalty.db import insert_many
 from loyalty.programs import ProgramDefinition
+
+# (column, SQL type) of the rows a batch writes, in the order the journal keeps them.
+MEMBER_COLUMNS = (("member_id", "text"), ("program_id", "text"), ("locale", "text"),
+                  ("preferred_channel", "text"), ("phone", "text"), ("email", "text"),
+                  ("tier_id", "text"), ("enrolled_at", "timestamptz"))
+IDENTIFIER_COLUMNS = (("program_id", "text"), ("kind", "text"), ("value", "text"),
+                      ("member_id", "text"), ("linked_at", "timestamptz"))
+ORDER_COLUMNS = (("program_id", "text"), ("order_id", "text"), ("event_id", "text"),
+                 ("member_id", "text"), ("program_version", "integer"), ("channel", "text"),
+                 ("currency", "text"), ("total", "numeric"), ("points", "integer"),
+                 ("breakdown", "jsonb"), ("returned_amount", "numeric"),
+                 ("points_reversed", "integer"), ("occurred_at", "timestamptz"))
+RETURN_COLUMNS = (("event_id", "text"), ("program_id", "text"), ("order_id", "text"),
+                  ("amount", "numeric"), ("points", "integer"), ("occurred_at", "timestamptz"))
+AWARD_COLUMNS = (("event_id", "text"), ("program_id", "text"), ("member_id", "text"),
+                 ("kind", "text"), ("points", "integer"), ("reason", "text"),
+                 ("occurred_at", "timestamptz"))
+SKIPPED_COLUMNS = (("event_id", "text"), ("program_id", "text"), ("reason_code", "text"),
+                   ("reason", "text"), ("occurred_at", "timestamptz"))
 
 _MISSING = object()
 
@@ -231,16 +251,11 @@ class BatchEarnRepository:
     async def flush(self, conn: asyncpg.Connection) -> None:
         w = self.writes
         if w.members:  # as they are at the end of the batch
-            await conn.executemany(
-                "INSERT INTO members (member_id, program_id, locale, preferred_channel, phone,"
-                " email, tier_id, enrolled_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                [(m.member_id, m.program_id, m.locale, m.preferred_channel, m.phone, m.email,
-                  self.tiers.get(m.member_id), at)
-                 for m, at in ((self.members[n.member_id], at) for n, at in w.members)])
-        if w.identifiers:
-            await conn.executemany(
-                "INSERT INTO identifiers (program_id, kind, value, member_id, linked_at)"
-                " VALUES ($1, $2, $3, $4, $5)", w.identifiers)
+            await insert_many(conn, "members", MEMBER_COLUMNS, [
+                (m.member_id, m.program_id, m.locale, m.preferred_channel, m.phone, m.email,
+                 self.tiers.get(m.member_id), at)
+                for m, at in ((self.members[n.member_id], at) for n, at in w.members)])
+        await insert_many(conn, "identifiers", IDENTIFIER_COLUMNS, w.identifiers)
         new_members = {m.member_id for m, _ in w.members}
         dirty = [m for m in self.dirty_members if m not in new_members]
         if dirty:
@@ -248,17 +263,12 @@ class BatchEarnRepository:
                 "UPDATE members SET phone = $2, email = $3, tier_id = $4 WHERE member_id = $1",
                 [(m, self.members[m].phone, self.members[m].email, self.tiers.get(m))
                  for m in dirty])
-        if w.orders:
-            await conn.executemany(
-                "INSERT INTO orders (program_id, order_id, event_id, member_id, program_version,"
-                " channel, currency, total, points, breakdown, returned_amount,"
-                " points_reversed, occurred_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                [(p, o, order.event_id, order.member_id, order.program_version,
-                  row["channel"], row["currency"], order.total, order.points, row["breakdown"],
-                  order.returned_amount, order.points_reversed, self.order_at[(p, o)])
-                 for (p, o) in w.orders
-                 for order, row in [(self.orders[(p, o)], self.order_rows[(p, o)])]])
+        await insert_many(conn, "orders", ORDER_COLUMNS, [
+            (p, o, order.event_id, order.member_id, order.program_version, row["channel"],
+             row["currency"], order.total, order.points, row["breakdown"],
+             order.returned_amount, order.points_reversed, self.order_at[(p, o)])
+            for (p, o) in w.orders
+            for order, row in [(self.orders[(p, o)], self.order_rows[(p, o)])]])
         new_orders = set(w.orders)
         existing = [k for k in self.dirty_orders if k not in new_orders]
         if existing:
@@ -267,15 +277,7 @@ class BatchEarnRepository:
                 " WHERE program_id = $1 AND order_id = $2",
                 [(p, o, self.orders[(p, o)].returned_amount, self.orders[(p, o)].points_reversed)
                  for p, o in existing])
-        if w.returns:
-            await conn.executemany(
-                "INSERT INTO returns (event_id, program_id, order_id, amount, points,"
-                " occurred_at) VALUES ($1, $2, $3, $4, $5, $6)", w.returns)
-        if w.awards:
-            await conn.executemany(
-                "INSERT INTO awards (event_id, program_id, member_id, kind, points, reason,"
-                " occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7)", w.awards)
-        if w.skipped:
-            await conn.executemany(
-                "INSERT INTO skipped (event_id, program_id, reason_code, reason, occurred_at)"
-                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING", w.skipped)
+        await insert_many(conn, "returns", RETURN_COLUMNS, w.returns)
+        await insert_many(conn, "awards", AWARD_COLUMNS, w.awards)
+        await insert_many(conn, "skipped", SKIPPED_COLUMNS, w.skipped,
+                          suffix="ON CONFLICT DO NOTHING")
