@@ -350,6 +350,33 @@ class BatchConsumer(Generic[T]):
         self.on_commit()
 
     async def _apply_with_retries(self, records: Sequence[ConsumerRecord]) -> _Outcome:
+        """The batch, retried; after `isolate_after_failures` failures, record by record."""
+
+        async def isolate(_: Exception) -> _Outcome:
+            return await self._isolate(records)
+
+        return await self._retrying(records, self.isolate_after_failures, isolate)
+
+    async def _isolate(self, records: Sequence[ConsumerRecord]) -> _Outcome:
+        """Each record alone, in order, in its own transaction: the good ones commit, and a
+        record that keeps failing alone while the database answers is dead-lettered."""
+        log.warning("batch.isolating", topic=self.topic, records=len(records))
+        total = _Outcome()
+        for record in records:
+            async def poison(exc: Exception, record: ConsumerRecord = record) -> _Outcome | None:
+                if not await self._is_poison(exc):
+                    return None
+                return await self._dead_letter_poison(record, exc)
+
+            outcome = await self._retrying([record], self.record_tries_max, poison)
+            total.duplicates += outcome.duplicates
+            total.dead_letters += outcome.dead_letters
+        return total
+
+    async def _retrying(self, records: Sequence[ConsumerRecord], tries_max: int,
+                        give_up: Callable[[Exception], Awaitable[_Outcome | None]]) -> _Outcome:
+        """Apply `records`, retrying with capped backoff; from the `tries_max`-th failure on,
+        `give_up` may settle them another way (None: keep retrying, we are down)."""
         backoff = RETRY_BACKOFF_START_S
         failures = 0
         while True:
@@ -362,36 +389,8 @@ class BatchConsumer(Generic[T]):
             except Exception as exc:
                 failures += 1
                 self._failed(exc, records, failures)
-                if failures >= self.isolate_after_failures and len(records) > 1:
-                    return await self._isolate(records)
-                backoff = await self._pause(backoff)
-
-    async def _isolate(self, records: Sequence[ConsumerRecord]) -> _Outcome:
-        """Each record alone, in order, in its own transaction: the good ones commit, and a
-        record that keeps failing alone while the database answers is dead-lettered."""
-        log.warning("batch.isolating", topic=self.topic, records=len(records))
-        total = _Outcome()
-        for record in records:
-            outcome = await self._apply_alone(record)
-            total.duplicates += outcome.duplicates
-            total.dead_letters += outcome.dead_letters
-        return total
-
-    async def _apply_alone(self, record: ConsumerRecord) -> _Outcome:
-        backoff = RETRY_BACKOFF_START_S
-        tries = 0
-        while True:
-            try:
-                outcome = await self._apply_counted([record])
-                self._recovered()
-                return outcome
-            except (asyncio.CancelledError, ConsumerStopping):
-                raise
-            except Exception as exc:
-                tries += 1
-                self._failed(exc, [record], tries)
-                if tries >= self.record_tries_max and await self._is_poison(exc):
-                    return await self._dead_letter_poison(record, exc)
+                if failures >= tries_max and (settled := await give_up(exc)) is not None:
+                    return settled
                 backoff = await self._pause(backoff)
 
     async def _dead_letter_poison(self, record: ConsumerRecord, exc: Exception) -> _Outcome:

@@ -230,3 +230,14 @@ async def test_records_a_consumer_does_not_accept_are_skipped_unparsed(pool) -> 
     assert sorted(r["id"] for r in await pool.fetch("SELECT id FROM applied")) == ["o", "w"]
     assert await dead_letters(pool) == []
     assert await pool.fetchval("SELECT count(*) FROM inbox") == 2
+
+
+async def test_a_lone_poison_record_is_dead_lettered_too(pool) -> None:
+    """A batch of one (low traffic) must not retry its poison forever."""
+    consumer = BatchConsumer(service="probe", topic="probe.v1", pool=pool, decode=decode,
+                             handle=handle, retry_backoff_max_s=0.02)
+    await asyncio.wait_for(consumer([record({"id": "p", "amount": 10**12}, 0)]), 10)
+    [(code, offset, _)] = await dead_letters(pool)
+    assert (code, offset) == ("unprocessable", 0)
+    await consumer([record({"id": "next", "amount": 1}, 1)])
+    assert await pool.fetchval("SELECT amount FROM applied WHERE id = 'next'") == 1
