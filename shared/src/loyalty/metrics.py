@@ -58,6 +58,14 @@ DB_POOL_IN_USE = Gauge(
 DB_POOL_SIZE = Gauge(
     "loyalty_db_pool_connections", "Database connections open in the pool.",
     ["service"], registry=REGISTRY)
+SWEEP_SECONDS = Histogram(
+    "loyalty_expiry_sweep_seconds", "Duration of one expiry sweep (every due warning and "
+    "expiry, in bounded batches).", ["service"], registry=REGISTRY,
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900))
+ORDERS_OPEN = Gauge(
+    "loyalty_reward_orders_open", "Reward orders not yet in a final state, by how long they "
+    "have been open (`age`: under_1m, 1m_to_15m, over_15m).", ["service", "age"],
+    registry=REGISTRY)
 POINTS_OUTSTANDING = Gauge(
     "loyalty_points_outstanding", "Members' points not yet spent or expired (the liability).",
     ["program_id"], registry=REGISTRY)

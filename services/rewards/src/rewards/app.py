@@ -24,7 +24,8 @@ def build(settings: Settings | None = None) -> ServiceSpec:
         consumers.wire(runtime, deps)
         http.add_routes(runtime.app, RewardsReads(runtime.pool))
         delivery = jobs.Delivery(runtime, deps, vault, settings.delivery_batch_size_max)
-        runtime.background.extend([delivery.run, jobs.sweeper(runtime, deps)])
+        runtime.background.extend([delivery.run, jobs.sweeper(runtime, deps),
+                                   jobs.open_orders_gauge(runtime)])
 
     return ServiceSpec(name="reward-fulfilment", schema="rewards", migrations_dir=MIGRATIONS,
                        settings=settings, http_port=settings.http_port, wire=wire)

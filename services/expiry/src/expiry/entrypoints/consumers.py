@@ -19,7 +19,7 @@ from expiry import handlers
 from expiry.adapters.postgres import ExpiryRepository
 from expiry.adapters.sweeper import run_sweep
 from expiry.settings import Settings
-from loyalty import topics
+from loyalty import metrics, topics
 from loyalty.contracts import LedgerEvent, MemberEvent
 from loyalty.messaging import Envelope, Outbox, Rejected, decoder
 from loyalty.periodic import every
@@ -99,8 +99,10 @@ def wire(runtime: Runtime) -> None:
         limits = sweep_limits(settings)
 
         async def periodic_sweep() -> None:
-            report = await run_sweep(runtime.pool, runtime.clock.now(), limits,
-                                     run_id=runtime.ids.new_id(), on_commit=runtime.relay.notify)
+            with metrics.SWEEP_SECONDS.labels(runtime.name).time():
+                report = await run_sweep(runtime.pool, runtime.clock.now(), limits,
+                                         run_id=runtime.ids.new_id(),
+                                         on_commit=runtime.relay.notify)
             if not report.empty:
                 log.info("sweep.done", summary=report.summary())
 

@@ -40,6 +40,7 @@ log = structlog.get_logger(__name__)
 DELIVERY_POLL_INTERVAL_S = 0.5
 DELIVERY_BACKOFF_MAX_S = 5.0
 SWEEP_INTERVAL_S = 1.0
+OPEN_ORDERS_INTERVAL_S = 10.0
 SWEEP_ORDERS_MAX = 200
 
 
@@ -186,3 +187,19 @@ def sweeper(runtime: Runtime, deps: handlers.Deps) -> Callable[[], Awaitable[Non
             runtime.relay.notify()
 
     return lambda: every(SWEEP_INTERVAL_S, sweep, "rewards_timeouts")
+
+
+def open_orders_gauge(runtime: Runtime) -> Callable[[], Awaitable[None]]:
+    """`loyalty_reward_orders_open` by age: orders stuck in a non-final state show here."""
+
+    async def sample() -> None:
+        row = await runtime.pool.fetchrow(
+            "SELECT count(*) FILTER (WHERE requested_at > now() - interval '1 minute') AS fresh,"
+            " count(*) FILTER (WHERE requested_at <= now() - interval '1 minute'"
+            "  AND requested_at > now() - interval '15 minutes') AS slow,"
+            " count(*) FILTER (WHERE requested_at <= now() - interval '15 minutes') AS stuck"
+            " FROM orders WHERE status IN ('requested', 'points_reserved')")
+        for age, key in (("under_1m", "fresh"), ("1m_to_15m", "slow"), ("over_15m", "stuck")):
+            metrics.ORDERS_OPEN.labels(runtime.name, age).set(row[key])
+
+    return lambda: every(OPEN_ORDERS_INTERVAL_S, sample, "rewards_open_orders")
