@@ -9,19 +9,14 @@ TLS terminators in front of them: the clients' side, which is ours, is the real 
 from __future__ import annotations
 
 import asyncio
-import json
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
-from loyalty import topics
-from loyalty.cli import DEMO_PROGRAMS, publish_programs, wait_programs_applied
 from loyalty.infra import EmbeddedPostgres, TansuBroker, free_port
-from loyalty.platform import Platform
-from loyalty.programs import load_programs_file
-from loyalty.testing import Api, Kafka, purchase_event, unique_phone
+from loyalty.testing import contract_purchase_becomes_sms, running_platform
 from loyalty.tls import TlsTerminator, make_tls_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -48,54 +43,33 @@ async def test_purchase_to_sms_over_tls_to_the_broker_and_to_postgres(
     monkeypatch.setenv("LOYALTY_KAFKA_SSL_CAFILE", str(tls.ca_cert))
     monkeypatch.setenv("LOYALTY_PG_SSLMODE", "verify-full")
     monkeypatch.setenv("LOYALTY_PG_SSLROOTCERT", str(tls.ca_cert))
-    platform = Platform(tls_dsn, broker.bootstrap, api_token, tmp_path / "platform",
-                        fixed_ports=False)
     try:
-        await platform.prepare()
-        platform.start()
-        await platform.wait_ready()
-        programs = load_programs_file(DEMO_PROGRAMS)
-        await publish_programs(broker.bootstrap, programs)
-        await wait_programs_applied(platform.services["earn"].url, api_token, programs)
+        async with running_platform(tls_dsn, broker.bootstrap, api_token,
+                                    tmp_path / "platform") as platform:
+            sms = await contract_purchase_becomes_sms(platform, api_token)
+            assert sms["template"] == "points_earned"
 
-        client = Kafka(broker.bootstrap)
-        await client.producer.start()
-        try:
-            phone = unique_phone()
-            purchase = purchase_event({"phone": phone}, "12.40")
-            await client.publish(topics.PURCHASES, purchase, key=purchase["order_id"])
-            [sms] = await client.wait_for(
-                topics.NOTIFICATIONS_SMS, lambda r: json.loads(r.value)["to"] == phone)
-        finally:
-            await client.producer.stop()
-        assert json.loads(sms.value)["template"] == "points_earned"
-        ledger = Api(platform.services["ledger"].url, api_token)
-        body = await ledger.wait_until(f"/v1/programs/coffee-club/members/phone:{phone}",
-                                       lambda b: b["balance"] == 124)
-        assert body["balance"] == 124
-
-        # Every service's pool came through the TLS address (the only one it was given), and
-        # that address takes no plaintext.
-        admin = await asyncpg.connect(postgres.dsn)
-        try:
-            names = {r["application_name"] for r in await admin.fetch(
-                "SELECT application_name FROM pg_stat_activity")}
-        finally:
-            await admin.close()
-        assert names >= {f"loyalty-{s}" for s in SCHEMAS}
-        assert pg_tls.handshakes >= len(SCHEMAS)
-        with pytest.raises((ConnectionError, OSError, asyncpg.PostgresError)):
-            await asyncpg.connect(tls_dsn, ssl=False, timeout=PLAINTEXT_REFUSAL_TIMEOUT_S)
-        # The broker's only address speaks TLS: every client above handshook, and a
-        # plaintext client gets nowhere.
-        assert terminator.handshakes >= len(SCHEMAS) * 2
-        plaintext = AIOKafkaProducer(bootstrap_servers=broker.bootstrap,
-                                     request_timeout_ms=2_000, enable_idempotence=False)
-        with pytest.raises((KafkaConnectionError, asyncio.TimeoutError)):
-            await asyncio.wait_for(plaintext.start(), PLAINTEXT_REFUSAL_TIMEOUT_S)
-        await plaintext.stop()
+            # Every service's pool came through the TLS address (the only one it was given), and
+            # that address takes no plaintext.
+            admin = await asyncpg.connect(postgres.dsn)
+            try:
+                names = {r["application_name"] for r in await admin.fetch(
+                    "SELECT application_name FROM pg_stat_activity")}
+            finally:
+                await admin.close()
+            assert names >= {f"loyalty-{s}" for s in SCHEMAS}
+            assert pg_tls.handshakes >= len(SCHEMAS)
+            with pytest.raises((ConnectionError, OSError, asyncpg.PostgresError)):
+                await asyncpg.connect(tls_dsn, ssl=False, timeout=PLAINTEXT_REFUSAL_TIMEOUT_S)
+            # The broker's only address speaks TLS: every client above handshook, and a
+            # plaintext client gets nowhere.
+            assert terminator.handshakes >= len(SCHEMAS) * 2
+            plaintext = AIOKafkaProducer(bootstrap_servers=broker.bootstrap,
+                                         request_timeout_ms=2_000, enable_idempotence=False)
+            with pytest.raises((KafkaConnectionError, asyncio.TimeoutError)):
+                await asyncio.wait_for(plaintext.start(), PLAINTEXT_REFUSAL_TIMEOUT_S)
+            await plaintext.stop()
     finally:
-        platform.stop()
         terminator.stop()
         broker.stop()
         pg_tls.stop()

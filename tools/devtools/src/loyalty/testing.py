@@ -35,7 +35,7 @@ import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from loyalty import containers, db, kafka
+from loyalty import containers, db, kafka, topics
 from loyalty.cli import DEMO_PROGRAMS, publish_programs, wait_programs_applied
 from loyalty.infra import Infrastructure, start_infrastructure
 from loyalty.platform import Platform
@@ -143,22 +143,52 @@ def api_token() -> str:
     return secrets.token_urlsafe(12)
 
 
-@pytest_asyncio.fixture(scope="session")
-async def platform(infra: Infrastructure, data_dir: Path,
-                   api_token: str) -> AsyncIterator[Platform]:
-    """earn and ledger as separate processes on free ports, demo programs applied."""
-    running = Platform(infra.pg_dsn, infra.kafka_bootstrap, api_token, data_dir / "platform",
-                       fixed_ports=False)
+@asynccontextmanager
+async def running_platform(admin_dsn: str, bootstrap: str, api_token: str,
+                           data_dir: Path) -> AsyncIterator[Platform]:
+    """The four services as separate processes on free ports, on the given database and
+    broker, with the demo programs applied (as `loyalty up` runs them); stopped on exit."""
+    running = Platform(admin_dsn, bootstrap, api_token, data_dir, fixed_ports=False)
     await running.prepare()
     running.start()
     try:
         await running.wait_ready()
         programs = load_programs_file(DEMO_PROGRAMS)
-        await publish_programs(infra.kafka_bootstrap, programs)
+        await publish_programs(bootstrap, programs)
         await wait_programs_applied(running.services["earn"].url, api_token, programs)
         yield running
     finally:
         running.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def platform(infra: Infrastructure, data_dir: Path,
+                   api_token: str) -> AsyncIterator[Platform]:
+    """The session's platform: see `running_platform`."""
+    async with running_platform(infra.pg_dsn, infra.kafka_bootstrap, api_token,
+                                data_dir / "platform") as running:
+        yield running
+
+
+async def contract_purchase_becomes_sms(platform: Platform, api_token: str) -> dict[str, Any]:
+    """CONTRACT.md's example purchase (12.40 EUR, beverages x2: 124 points outside
+    campaigns) by a new phone: its `points_earned` SMS arrives and the balance reads 124.
+    Returns the SMS."""
+    client = Kafka(platform.bootstrap)
+    await client.producer.start()
+    try:
+        phone = unique_phone()
+        purchase = purchase_event({"phone": phone}, "12.40")
+        await client.publish(topics.PURCHASES, purchase, key=purchase["order_id"])
+        [sms] = await client.wait_for(topics.NOTIFICATIONS_SMS,
+                                      lambda r: json.loads(r.value)["to"] == phone)
+    finally:
+        await client.producer.stop()
+    ledger = Api(platform.services["ledger"].url, api_token)
+    body = await ledger.wait_until(f"/v1/programs/coffee-club/members/phone:{phone}",
+                                   lambda b: b["balance"] == 124)
+    assert body["balance"] == 124
+    return json.loads(sms.value)
 
 
 def unique(prefix: str = "t") -> str:
