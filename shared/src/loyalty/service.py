@@ -50,7 +50,8 @@ class Runtime:
 
     def consume(self, topic: str, decode: Decoder[Any], handle: Handler[Any] | None = None, *,
                 handle_batch: BatchHandler[Any] | None = None, use_inbox: bool = True,
-                accept: Callable[[ConsumerRecord], bool] | None = None) -> BatchConsumer[Any]:
+                accept: Callable[[ConsumerRecord], bool] | None = None,
+                fetch_max_wait_ms: int = kafka.FETCH_MAX_WAIT_MS) -> BatchConsumer[Any]:
         consumer = BatchConsumer(
             service=self.name, topic=topic, pool=self.pool, decode=decode, handle=handle,
             handle_batch=handle_batch, on_commit=self.relay.notify, use_inbox=use_inbox,
@@ -59,7 +60,7 @@ class Runtime:
         kafka.subscribe_batch(
             self.broker, consumer, group_id=f"loyalty-{self.name}.{topic}",
             batch_size_max=self.settings.batch_size_max,
-            batch_timeout_ms=self.settings.batch_timeout_ms)
+            batch_timeout_ms=self.settings.batch_timeout_ms, fetch_max_wait_ms=fetch_max_wait_ms)
         return consumer
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 from pydantic import TypeAdapter
 
-from loyalty import topics
+from loyalty import kafka, topics
 from loyalty.contracts import LedgerEvent, MemberEvent, RedemptionEvent, RedemptionRequested
 from loyalty.messaging import Envelope, Outbox, Rejected, decoder, header_in
 from loyalty.programs import ProgramDefinition, ProgramFileError
@@ -57,7 +57,8 @@ def wire(runtime: Runtime, deps: handlers.Deps) -> None:
                         outbox: Outbox) -> None:
         await handlers.member_event(RewardsRepository(conn), deps, env.message, outbox)
 
-    runtime.consume(topics.PROGRAMS, decode_program, on_program, use_inbox=False)
+    runtime.consume(topics.PROGRAMS, decode_program, on_program, use_inbox=False,
+                    fetch_max_wait_ms=kafka.RELAXED_FETCH_MAX_WAIT_MS)
     runtime.consume(topics.MEMBERS, decoder(MemberEvent), on_member)
     runtime.consume(topics.REDEMPTIONS, decoder(TypeAdapter(RedemptionEvent)), on_redemption)
     # Only the ledger's answers about redemptions matter here: the rest (every purchase's
