@@ -15,3 +15,8 @@ def ledger(platform, api_token) -> Api:
 @pytest.fixture
 def earn(platform, api_token) -> Api:
     return Api(platform.services["earn"].url, api_token)
+
+
+@pytest.fixture
+def rewards(platform, api_token) -> Api:
+    return Api(platform.services["reward-fulfilment"].url, api_token)

@@ -33,11 +33,6 @@ from loyalty.testing import Api, Kafka, purchase_event, unique, unique_phone
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
-@pytest.fixture
-def rewards(platform, api_token) -> Api:
-    return Api(platform.services["reward-fulfilment"].url, api_token)
-
-
 async def test_a_member_redeems_a_code_and_gets_it_by_sms(
         platform, infra, api_token, kafka_client: Kafka, ledger: Api, rewards: Api,
         tmp_path) -> None:

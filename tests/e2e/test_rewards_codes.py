@@ -12,11 +12,6 @@ from loyalty.testing import Api
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
-@pytest.fixture
-def rewards(platform, api_token) -> Api:
-    return Api(platform.services["reward-fulfilment"].url, api_token)
-
-
 async def pool_rows(pg_dsn: str, program_id: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(pg_dsn)
     try:

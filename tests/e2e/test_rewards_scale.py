@@ -30,11 +30,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 SERVICE = "reward-fulfilment"
 
 
-@pytest.fixture
-def rewards(platform, api_token) -> Api:
-    return Api(platform.services[SERVICE].url, api_token)
-
-
 async def code_states(pg_dsn: str, program_id: str) -> dict[str, int]:
     conn = await asyncpg.connect(pg_dsn)
     try:

@@ -25,11 +25,6 @@ from loyalty.testing import Api, Kafka, unique_phone
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
-@pytest.fixture
-def rewards(platform, api_token) -> Api:
-    return Api(platform.services["reward-fulfilment"].url, api_token)
-
-
 def secret_code() -> str:
     # Letters only: the log masker hides digit runs, which could hide a leak from this test.
     return "QZX" + "".join(random.choices(string.ascii_uppercase, k=12))
