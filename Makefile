@@ -17,11 +17,9 @@ install: $(UV)
 run: install
 	$(UV) run --frozen loyalty up
 
-# The whole suite on the embedded infrastructure, then the integration and e2e suites again on
-# real Apache Kafka and PostgreSQL images (testcontainers): where no Docker engine answers, that
-# second run skips them and prints why.
-# The testcontainers pass runs first: where no Docker engine answers it skips
-# with the reason in its summary, and the full suite's summary is the last word.
+# The integration and e2e suites on real Apache Kafka and PostgreSQL images (testcontainers):
+# where no Docker engine answers, that run skips them and prints why. Then the whole suite on
+# the embedded infrastructure.
 test: install
 	LOYALTY_TEST_INFRA=testcontainers $(UV) run --frozen pytest -q -m "integration or e2e"
 	$(UV) run --frozen pytest -q

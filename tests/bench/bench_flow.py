@@ -11,10 +11,11 @@ Prints, in one run:
   acked produce and one offset commit per purchase) on the same broker and Postgres, and the
   platform's ratio to it.
 Asserts nothing about speed (shared machines are noisy). `--profile` adds the top statements
-of pg_stat_statements.
+of pg_stat_statements; `--py-spy DIR` samples each service with py-spy during the throughput
+run, writes its collapsed stacks (flamegraph input) to DIR and prints where its time goes.
 
     uv run python tests/bench/bench_flow.py [--purchases 20000] [--members 5000]
-        [--rate 2500] [--seconds 20] [--naive 2000] [--profile]
+        [--rate 2500] [--seconds 20] [--naive 2000] [--profile] [--py-spy DIR]
 """
 
 from __future__ import annotations
@@ -23,9 +24,14 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import signal
 import statistics
+import subprocess
+import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -97,6 +103,53 @@ def cpu_seconds(root: psutil.Process) -> dict[str, float]:
         if name:
             used[name] = used.get(name, 0.0) + times.user + times.system
     return used
+
+
+class PySpy:
+    """py-spy sampling each service (non-blocking, so the service is never paused)."""
+
+    def __init__(self, pids: dict[str, int], out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.files = {name: out / f"{name}.collapsed" for name in pids}
+        self.procs = [subprocess.Popen(
+            [str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking",
+             "--format", "raw", "--rate", "200", "--pid", str(pid), "-o", str(self.files[name])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name, pid in pids.items()]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in self.procs:
+            proc.wait(timeout=60)
+
+    def report(self, top: int = 14) -> None:
+        """Per service: the share of samples in each frame (inclusive), busiest first, with
+        the idle event loop's wait left out so the shares are of the work."""
+        for name, path in self.files.items():
+            if not path.exists():
+                print(f"  {name}: no profile (py-spy could not attach)")
+                continue
+            inclusive: Counter[str] = Counter()
+            busy = 0
+            for line in path.read_text().splitlines():
+                stack, _, count = line.rpartition(" ")
+                frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+                if any(f.startswith(("select (selectors.py", "run_once (uvloop", "poll ("))
+                       for f in frames[-2:]) or "_run_once" in frames[-1]:
+                    continue
+                busy += int(count)
+                for frame in set(frames):
+                    inclusive[frame] += int(count)
+            print(f"\n  {name}: {busy:,} busy samples ({path})")
+            shown = 0
+            for frame, count in inclusive.most_common():
+                if frame.startswith(("<module>", "run (", "main (", "_run (", "run_forever",
+                                     "run_until_complete", "run_service", "<lambda>")):
+                    continue
+                print(f"    {100 * count / max(busy, 1):5.1f}%  {frame[:110]}")
+                shown += 1
+                if shown == top:
+                    break
 
 
 async def watch(consumer: AIOKafkaConsumer, wanted: set[str], key: str,
@@ -266,7 +319,10 @@ async def measure(bootstrap: str, pg_dsn: str, pids: dict[str, int],
     me = psutil.Process()
     with RssWatch(pids) as rss:
         before = cpu_seconds(me)
+        spy = PySpy(pids, Path(args.py_spy)) if args.py_spy else None
         await throughput(bootstrap, args.purchases, args.members)
+        if spy:
+            spy.stop()
         used = {k: v - before.get(k, 0.0) for k, v in cpu_seconds(me).items()}
         if used:  # only when the platform is this script's own (its children)
             print("  CPU per purchase (user + system), by part of the platform:")
@@ -276,6 +332,9 @@ async def measure(bootstrap: str, pg_dsn: str, pids: dict[str, int],
                   f"(2 cores: at most {2 * args.purchases / sum(used.values()):,.0f}"
                   " purchases/s with nothing else running)")
         await latency(bootstrap, args.rate, args.seconds)
+    if spy:
+        print("\npy-spy during the throughput run, share of each service's busy samples:")
+        spy.report()
     print("\npeak RSS per process (start -> peak):")
     for name in pids:
         print(f"  {name:<18} {rss.first[name] / 2**20:>6.0f} MiB -> "
@@ -297,6 +356,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--naive", type=int, default=2_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--py-spy", metavar="DIR", default=None)
     args = parser.parse_args()
 
     runtime = Path(os.environ.get("LOYALTY_DATA_DIR", ".loyalty")) / "runtime.json"

@@ -30,6 +30,7 @@ them. One relay per service is active at a time (an advisory lock), which keeps 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -135,9 +136,16 @@ def safe_text(text: str) -> str:
 
 
 def payload_digest(payload: dict[str, Any]) -> bytes:
-    """Hash of the canonical JSON: a producer retry that re-serialises still matches."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).digest()
+    """Hash of the canonical JSON (keys sorted, compact, UTF-8): a producer retry that
+    re-serialises still matches. orjson writes it (the byte-for-byte same text as the standard
+    library's `sort_keys=True, separators=(",", ":"), ensure_ascii=False`, at a tenth of the
+    cost); what orjson cannot write (an integer beyond 64 bits) the standard library does."""
+    try:
+        canonical = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"),
+                               ensure_ascii=False).encode()
+    return hashlib.sha256(canonical).digest()
 
 
 def _no_constants(name: str) -> Any:
@@ -160,10 +168,20 @@ def parse_json_object(raw: bytes | None) -> dict[str, Any]:
         payload = orjson.loads(raw)  # strict JSON, fast; the usual path
     except orjson.JSONDecodeError:
         payload = _diagnose(raw)
+    else:
+        # orjson refuses raw control characters and lone surrogates, so the only way to a
+        # NUL in what it parsed is the escape `\u0000`: without it there is nothing to walk.
+        if _NUL_ESCAPE not in raw:
+            if not isinstance(payload, dict):
+                raise Rejected("malformed_json", "the value is not a JSON object")
+            return payload
     if not isinstance(payload, dict):
         raise Rejected("malformed_json", "the value is not a JSON object")
     _check_text(payload, "")
     return payload
+
+
+_NUL_ESCAPE = b"\\u0000"
 
 
 def _diagnose(raw: bytes) -> Any:
@@ -482,7 +500,7 @@ class BatchConsumer(Generic[T]):
             try:
                 payload = parse_json_object(record.value)
                 message_id, message = self.decode(payload)
-                digest = payload_digest(payload)
+                digest = payload_digest(payload) if self.use_inbox else b""
             except Exception as exc:  # whatever decoding raises, the record caused it
                 self._reject(outbox, record, as_rejected(exc), outcome)
                 continue
@@ -699,8 +717,8 @@ class OutboxRelay:
         await asyncio.gather(*futures)
         await self.pool.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])",
                                 [r["id"] for r in rows])
-        for row in rows:
-            metrics.MESSAGES_PRODUCED.labels(self.service, row["topic"]).inc()
+        for topic, n in collections.Counter(row["topic"] for row in rows).items():
+            metrics.MESSAGES_PRODUCED.labels(self.service, topic).inc(n)
         return len(rows)
 
     async def _stats(self) -> None:

@@ -5,6 +5,7 @@ One registry per process; labels carry the service so one dashboard serves all f
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -111,8 +112,8 @@ def rollback_counts(mark: int) -> None:
 
 
 def commit_counts(staged: list[tuple[str, str]]) -> None:
-    for service, event in staged:
-        BUSINESS_EVENTS.labels(service, event).inc()
+    for (service, event), n in collections.Counter(staged).items():
+        BUSINESS_EVENTS.labels(service, event).inc(n)
     staged.clear()
 
 

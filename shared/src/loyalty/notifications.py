@@ -23,6 +23,7 @@ Conventions:
 
 from __future__ import annotations
 
+import functools
 import json
 import string
 import uuid
@@ -577,22 +578,29 @@ def _fill(pattern: str, lang: str, params: dict[str, Any], template: str) -> str
 
 def _format_value(value: Any, lang: str, tz: str | None) -> str:
     if _is_number(value):
-        return format_decimal(value, locale=lang)
+        return format_decimal(value, locale=_babel_locale(lang))
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError(f"datetime params must be timezone-aware, got {value!r}")
         local = value.astimezone(_zone(tz)) if tz else value
-        return format_date(local.date(), format="medium", locale=lang)
+        return format_date(local.date(), format="medium", locale=_babel_locale(lang))
     if isinstance(value, date):
-        return format_date(value, format="medium", locale=lang)
+        return format_date(value, format="medium", locale=_babel_locale(lang))
     return str(value)
 
 
 def _point_word(count: Any, lang: str) -> str:
     forms = _POINT_WORDS[lang]
     # CLDR rules look at the magnitude: -1 takes the same word as 1.
-    category = Locale.parse(lang).plural_form(abs(count)) if _is_number(count) else "other"
+    category = _babel_locale(lang).plural_form(abs(count)) if _is_number(count) else "other"
     return forms.get(category, forms["other"])
+
+
+@functools.cache
+def _babel_locale(lang: str) -> Locale:
+    """Parsed once per language (a few of them): babel parses a locale name on every call
+    otherwise, the most of what formatting a number costs."""
+    return Locale.parse(lang)
 
 
 def _is_number(value: Any) -> bool:
