@@ -46,6 +46,7 @@ import asyncpg
 import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.structs import ConsumerRecord
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -619,6 +620,27 @@ class _Outcome:
     dead_letters: list[str] = field(default_factory=list)
 
 
+class CachedKeyPartitioner:
+    """Kafka's default partitioner (murmur2 of the key, as the Java client), remembering the
+    hashes of the keys it saw last: aiokafka's murmur2 is pure Python, and the same members'
+    keys come back again and again. The same partition for a key as the default gives."""
+
+    def __init__(self, size: int = 65_536) -> None:
+        self.size = size
+        self.hashes: dict[bytes, int] = {}
+
+    def __call__(self, key: bytes | None, all_partitions: list[int],
+                 available: list[int]) -> int:
+        if key is None:
+            return DefaultPartitioner()(key, all_partitions, available)
+        h = self.hashes.get(key)
+        if h is None:
+            if len(self.hashes) >= self.size:
+                self.hashes.clear()  # bounded and simple: the hot keys come back at once
+            h = self.hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return all_partitions[h % len(all_partitions)]
+
+
 class OutboxRelay:
     """Publishes the service's outbox in order (acks=all), then deletes what the broker took."""
 
@@ -642,7 +664,8 @@ class OutboxRelay:
 
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False,
-            linger_ms=2, client_id=f"loyalty-{self.service}-relay", **kafka_client_kwargs())
+            linger_ms=2, client_id=f"loyalty-{self.service}-relay",
+            partitioner=CachedKeyPartitioner(), **kafka_client_kwargs())
         await self.producer.start()
         self._task = asyncio.create_task(self._run(), name=f"{self.service}-outbox-relay")
         self._stats_task = asyncio.create_task(
