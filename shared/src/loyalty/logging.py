@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
@@ -93,15 +94,24 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     logging.getLogger("loyalty.faststream").setLevel(logging.WARNING)
 
 
+# The id also in a variable of its own: structlog's get_contextvars() copies the whole
+# context to find it, and the outbox asks for it once per message.
+_correlation_id: ContextVar[str | None] = ContextVar("loyalty_correlation_id", default=None)
+
+
 @contextmanager
 def correlation(correlation_id: str | None) -> Iterator[None]:
     """Bind a correlation id to every log line written inside the block."""
     if not correlation_id:
         yield
         return
-    with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
-        yield
+    token = _correlation_id.set(correlation_id)
+    try:
+        with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
+            yield
+    finally:
+        _correlation_id.reset(token)
 
 
 def current_correlation_id() -> str | None:
-    return structlog.contextvars.get_contextvars().get("correlation_id")
+    return _correlation_id.get()
