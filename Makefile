@@ -5,7 +5,7 @@ PYTHON ?= python3
 UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 
-.PHONY: run test test-unit test-integration test-e2e lint bench install clean
+.PHONY: run test test-unit test-integration test-e2e lint bench soak install clean
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -38,6 +38,9 @@ lint: install
 
 bench: install
 	$(UV) run --frozen python tests/bench/bench_flow.py
+
+soak: install
+	$(UV) run --frozen python tests/bench/bench_soak.py
 
 clean:
 	rm -rf .loyalty .pytest_cache
