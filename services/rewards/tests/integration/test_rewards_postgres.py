@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
 from cryptography.fernet import Fernet
 
-from loyalty import topics
+from loyalty import metrics, topics
 from loyalty.clock import FixedClock
 from loyalty.contracts import LedgerEvent, MemberEvent, RedemptionCancelled, RedemptionRequested
-from loyalty.messaging import Outbox, Rejected
+from loyalty.messaging import BatchConsumer, Outbox, Rejected
 from loyalty.programs import ProgramDefinition
 from loyalty.testing import scratch_service_db
 from rewards import handlers
@@ -29,7 +30,7 @@ from rewards.adapters.codes_import import import_codes, rotate_keys
 from rewards.adapters.postgres import RewardsRepository
 from rewards.adapters.vault import CodeVault
 from rewards.domain.saga import State
-from rewards.entrypoints import jobs
+from rewards.entrypoints import consumers, jobs
 
 pytestmark = pytest.mark.integration
 
@@ -152,12 +153,19 @@ async def state(pool, order_id: str = "o-1") -> tuple[str, str]:
     return row["state"], row["status"]
 
 
+def member_event(event_id: str, member_id: str = "m-1", type_: str = "member.enrolled",
+                 locale: str | None = None, channel: str | None = None,
+                 **identifiers: str) -> MemberEvent:
+    return MemberEvent.model_validate({
+        "event_id": event_id, "type": type_, "occurred_at": AT.isoformat(), "program_id": "p",
+        "member_id": member_id, "identifiers": identifiers, "locale": locale,
+        "channel": channel})
+
+
 @pytest.fixture
 async def member(pool, deps) -> None:
-    await run(pool, handlers.member_event, deps, MemberEvent.model_validate({
-        "event_id": "e", "type": "member.enrolled", "occurred_at": AT.isoformat(),
-        "program_id": "p", "member_id": "m-1", "identifiers": {"phone": "+37060000001"},
-        "locale": "lt", "channel": "sms"}))
+    await run(pool, handlers.member_events, deps, [member_event(
+        "e", phone="+37060000001", locale="lt", channel="sms")])
 
 
 async def test_a_hold_that_expired_before_the_capture_puts_the_codes_back(
@@ -215,11 +223,79 @@ async def test_an_order_waits_for_its_member_then_gives_up(pool, deps, clock) ->
 
 async def test_a_waiting_order_starts_when_its_member_appears(pool, deps) -> None:
     await run(pool, handlers.redemption_requested, deps, request())
-    out = await run(pool, handlers.member_event, deps, MemberEvent.model_validate({
-        "event_id": "e", "type": "member.enrolled", "occurred_at": AT.isoformat(),
-        "program_id": "p", "member_id": "m-1", "identifiers": {"phone": "+37060000001"}}))
+    out = await run(pool, handlers.member_events, deps, [member_event("e", phone="+37060000001")])
     assert [c["type"] for c in sent(out, topics.LEDGER_COMMANDS)] == ["reserve"]
     assert await state(pool) == ("reserving", "requested")
+
+
+async def test_one_batch_merges_a_member_named_twice_and_starts_the_order_waiting_for_it(
+        pool, deps) -> None:
+    """Two events of one member in one batch are one upsert (unmerged, Postgres refuses the
+    statement: ON CONFLICT cannot touch a row twice): the later email is added, its null
+    locale keeps the earlier one; a phone named again by another member stays with the
+    first; and the order that waited for the phone moves on."""
+    await run(pool, handlers.redemption_requested, deps, request())
+    assert await state(pool) == ("identifying", "requested")
+    out = await run(pool, handlers.member_events, deps, [
+        member_event("e-1", phone="+37060000001", locale="lt", channel="sms"),
+        member_event("e-2", type_="member.identifier_linked", email="m1@example.com"),
+        member_event("e-3", member_id="m-2", phone="+37060000001", locale="en")])
+    merged = await pool.fetchrow(
+        "SELECT locale, channel, phone, email FROM members WHERE member_id = 'm-1'")
+    assert dict(merged) == {"locale": "lt", "channel": "sms", "phone": "+37060000001",
+                            "email": "m1@example.com"}
+    assert dict(await pool.fetch("SELECT kind, member_id FROM identifiers")) == {
+        "phone": "m-1", "email": "m-1"}
+    assert await state(pool) == ("reserving", "requested")
+    assert await pool.fetchval("SELECT member_id FROM orders WHERE order_id = 'o-1'") == "m-1"
+    [reserve] = sent(out, topics.LEDGER_COMMANDS)
+    assert (reserve["type"], reserve["member_id"], reserve["points"]) == ("reserve", "m-1", 100)
+
+
+async def test_a_batch_of_members_is_three_statements_whatever_its_size(pool, deps) -> None:
+    events = [member_event(f"e-{i}", member_id=f"m-{i}", phone=f"+3706100{i:04}",
+                           email=f"m{i}@example.com", locale="lt") for i in range(50)]
+    statements: list[str] = []
+
+    def logged(query: Any) -> None:
+        statements.append(query.query)
+
+    async with pool.acquire() as conn, conn.transaction():
+        conn.add_query_logger(logged)
+        await handlers.member_events(RewardsRepository(conn), deps, events, Outbox())
+        conn.remove_query_logger(logged)
+    assert len(statements) == 3  # members, identifiers, waiting orders
+    assert await pool.fetchval("SELECT count(*) FROM members") == 50
+    assert await pool.fetchval("SELECT count(*) FROM identifiers") == 100
+
+
+async def test_the_members_topic_is_consumed_set_based_with_the_inbox(pool, deps) -> None:
+    """Through the service's own wiring and `BatchConsumer`: the batch applies at the first
+    try (no failure replayed one by one), and the same batch again is a no-op."""
+    wired: dict[str, tuple[Any, Any, dict[str, Any]]] = {}
+    runtime = SimpleNamespace(clock=deps.clock, consume=lambda topic, decode, handle=None,
+                              **kw: wired.setdefault(topic, (decode, handle, kw)))
+    consumers.wire(runtime, deps)  # type: ignore[arg-type]
+    decode, handle, options = wired[topics.MEMBERS]
+    assert handle is None and options.get("use_inbox", True)
+    service = "rewards-members-test"
+    consumer = BatchConsumer(service=service, topic=topics.MEMBERS, pool=pool, decode=decode,
+                             handle_batch=options["handle_batch"])
+    await run(pool, handlers.redemption_requested, deps, request())
+    records = [ConsumerRecord(topics.MEMBERS, 0, offset, 0, 0, b"m-1",
+                              e.model_dump_json().encode(), None, 0, 0, ())
+               for offset, e in enumerate([
+                   member_event("e-1", phone="+37060000001", locale="lt", channel="sms"),
+                   member_event("e-2", type_="member.identifier_linked",
+                                email="m1@example.com")])]
+    labels = {"service": service, "topic": topics.MEMBERS}
+    await consumer(records)
+    assert not metrics.REGISTRY.get_sample_value("loyalty_handler_errors_total", labels)
+    assert await state(pool) == ("reserving", "requested")
+    outbox = await pool.fetchval("SELECT count(*) FROM outbox")
+    await consumer(records)
+    assert metrics.REGISTRY.get_sample_value("loyalty_messages_duplicate_total", labels) == 2
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == outbox
 
 
 async def test_cancelling_after_capture_voids_and_refunds_once(pool, deps, member) -> None:

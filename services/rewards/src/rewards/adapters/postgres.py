@@ -9,6 +9,7 @@ code row belongs to one order at a time.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -191,23 +192,32 @@ class RewardsRepository:
 
     # -- members --------------------------------------------------------------------------------
 
-    async def save_member(self, program_id: str, member_id: str, identifiers: dict[str, str],
-                          locale: str | None, channel: str | None) -> None:
+    async def save_members(self, members: Sequence[Member]) -> None:
+        """One upsert for a batch; None keeps what is known. The keys must be distinct (an
+        upsert cannot touch a row twice): `handlers.merge_members` makes them so."""
+        if not members:
+            return
         await self.conn.execute(
             "INSERT INTO members (program_id, member_id, locale, channel, phone, email)"
-            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (program_id, member_id) DO UPDATE"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
+            " $6::text[]) ON CONFLICT (program_id, member_id) DO UPDATE"
             " SET locale = coalesce(EXCLUDED.locale, members.locale),"
             "     channel = coalesce(EXCLUDED.channel, members.channel),"
             "     phone = coalesce(EXCLUDED.phone, members.phone),"
             "     email = coalesce(EXCLUDED.email, members.email)",
-            program_id, member_id, locale, channel, identifiers.get("phone"),
-            identifiers.get("email"))
-        if identifiers:
-            # The first owner of an identifier keeps it (earn never moves one either).
-            await self.conn.executemany(
-                "INSERT INTO identifiers (program_id, kind, value, member_id)"
-                " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                [(program_id, k, v, member_id) for k, v in identifiers.items()])
+            [m.program_id for m in members], [m.member_id for m in members],
+            [m.locale for m in members], [m.channel for m in members],
+            [m.phone for m in members], [m.email for m in members])
+
+    async def save_identifiers(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
+        """(program, kind, value, member), in one statement. The first owner of an identifier
+        keeps it (earn never moves one either)."""
+        if not rows:
+            return
+        await self.conn.execute(
+            "INSERT INTO identifiers (program_id, kind, value, member_id)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
+            " ON CONFLICT DO NOTHING", *map(list, zip(*rows, strict=True)))
 
     async def find_member(self, program_id: str, identifiers: list[tuple[str, str]]
                           ) -> Member | None:
@@ -241,10 +251,22 @@ class RewardsRepository:
             r["program_id"], r["member_id"], r["locale"], r["channel"], r["phone"], r["email"])
             for r in rows}
 
-    async def orders_waiting_for(self, program_id: str, identifiers: list[str]) -> list[str]:
-        return [r["order_id"] for r in await self.conn.fetch(
-            "SELECT order_id FROM orders WHERE state = 'identifying' AND program_id = $1"
-            " AND identifiers && $2::text[] ORDER BY requested_at", program_id, identifiers)]
+    async def orders_waiting_for(self, identifiers: Sequence[tuple[str, str]]
+                                 ) -> list[tuple[str, str, list[str]]]:
+        """(order, program, its identifiers) of the orders still identifying that name any
+        of `identifiers` ((program, 'kind:value') pairs), oldest request first. One query for
+        a batch: the `&&` finds candidates through the partial GIN index, the EXISTS keeps
+        those whose identifier was named in their own program."""
+        if not identifiers:
+            return []
+        rows = await self.conn.fetch(
+            "SELECT order_id, program_id, identifiers FROM orders o"
+            " WHERE state = 'identifying' AND identifiers && $2::text[]"
+            " AND EXISTS (SELECT 1 FROM unnest($1::text[], $2::text[]) AS t(p, i)"
+            "             WHERE t.p = o.program_id AND t.i = ANY(o.identifiers))"
+            " ORDER BY requested_at, order_id",
+            [p for p, _ in identifiers], [i for _, i in identifiers])
+        return [(r["order_id"], r["program_id"], list(r["identifiers"])) for r in rows]
 
     # -- orders ---------------------------------------------------------------------------------
 

@@ -5,7 +5,9 @@
 - `loyalty.ledger.v1`: every movement of the platform passes here; only the answers to our
   own commands (`source.kind` `redemption`) are acted on. No inbox: each answer moves the
   order only from the state that awaits it, so a redelivery finds it past that step.
-- `loyalty.members.v1`: our copy of the members and their contact data.
+- `loyalty.members.v1`: our copy of the members and their contact data, set-based (a batch
+  is one upsert of members, one insert of identifiers, one query for waiting orders), with
+  the inbox.
 - `loyalty.programs.v1`: the catalog (latest definition per program wins).
 """
 
@@ -53,13 +55,17 @@ def wire(runtime: Runtime, deps: handlers.Deps) -> None:
             if env.message.source.kind == "redemption":
                 await handlers.ledger_event(repo, deps, env.message, outbox)
 
-    async def on_member(conn: asyncpg.Connection, env: Envelope[MemberEvent],
-                        outbox: Outbox) -> None:
-        await handlers.member_event(RewardsRepository(conn), deps, env.message, outbox)
+    async def on_members(conn: asyncpg.Connection, envs: list[Envelope[MemberEvent]],
+                         outbox: Outbox) -> None:
+        await handlers.member_events(RewardsRepository(conn), deps, [e.message for e in envs],
+                                     outbox)
 
     runtime.consume(topics.PROGRAMS, decode_program, on_program, use_inbox=False,
                     fetch_max_wait_ms=kafka.RELAXED_FETCH_MAX_WAIT_MS)
-    runtime.consume(topics.MEMBERS, decoder(MemberEvent), on_member)
+    # Set-based: a batch of members is three statements, not three per member. A batch the
+    # database refuses (a CHECK) is replayed one member at a time, and only that one is
+    # dead-lettered.
+    runtime.consume(topics.MEMBERS, decoder(MemberEvent), handle_batch=on_members)
     runtime.consume(topics.REDEMPTIONS, decoder(TypeAdapter(RedemptionEvent)), on_redemption)
     # Only the ledger's answers about redemptions matter here: the rest (every purchase's
     # credit) is skipped by its header, unparsed.
