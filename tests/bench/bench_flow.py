@@ -122,35 +122,45 @@ class PySpy:
         for proc in self.procs:
             proc.wait(timeout=60)
 
-    def report(self, top: int = 14) -> None:
-        """Per service: the share of samples in each frame (inclusive), busiest first, with
-        the idle event loop's wait left out so the shares are of the work."""
+    # Where a sample falls, by the first of these frames on its stack.
+    PARTS = (("consumer: handler, inbox, outbox writes", "BatchConsumer._apply ("),
+             ("outbox relay (publish, delete)", "OutboxRelay._run"),
+             ("fetching records (aiokafka)", "Fetcher."),
+             ("faststream's consume loop", "_run_consume_loop"),
+             ("lag and outbox metrics", "report_lag"))
+    OWN_CODE = ("(messaging.py", "(earn/", "(ledger/", "(expiry/", "(rewards/",
+                "(notifications.py", "(contracts.py", "(programs.py", "(ledger_commands.py")
+    WRAPPERS = ("<module>", "BatchConsumer.__call__", "BatchConsumer._retrying",
+                "BatchConsumer._apply", "OutboxRelay._run", "OutboxRelay._lead")
+
+    def report(self, top: int = 12) -> None:
+        """Per service: the share of its samples in each part of the service, then its own
+        functions that take the most (inclusive), busiest first."""
         for name, path in self.files.items():
             if not path.exists():
                 print(f"  {name}: no profile (py-spy could not attach)")
                 continue
-            inclusive: Counter[str] = Counter()
-            busy = 0
+            parts: Counter[str] = Counter()
+            own: Counter[str] = Counter()
+            total = 0
             for line in path.read_text().splitlines():
                 stack, _, count = line.rpartition(" ")
-                frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
-                if any(f.startswith(("select (selectors.py", "run_once (uvloop", "poll ("))
-                       for f in frames[-2:]) or "_run_once" in frames[-1]:
-                    continue
-                busy += int(count)
-                for frame in set(frames):
-                    inclusive[frame] += int(count)
-            print(f"\n  {name}: {busy:,} busy samples ({path})")
-            shown = 0
-            for frame, count in inclusive.most_common():
-                if frame.startswith(("<module>", "run (", "main (", "_run (", "run_forever",
-                                     "run_until_complete", "run_service", "<lambda>")):
-                    continue
-                print(f"    {100 * count / max(busy, 1):5.1f}%  {frame[:110]}")
-                shown += 1
-                if shown == top:
-                    break
-
+                n = int(count)
+                total += n
+                part = next((label for label, frame in self.PARTS if frame in stack),
+                            "event loop and socket I/O (uvloop, aiokafka, asyncpg)")
+                parts[part] += n
+                frames = {re.sub(r":\d+\)$", ")", f) for f in stack.split(";")}
+                for frame in frames:
+                    if any(mark in frame for mark in self.OWN_CODE) and not frame.startswith(
+                            self.WRAPPERS):
+                        own[frame] += n
+            print(f"\n  {name}: {total:,} samples ({path})")
+            for part, n in parts.most_common():
+                print(f"    {100 * n / total:5.1f}%  {part}")
+            print("    busiest functions of ours (inclusive):")
+            for frame, n in own.most_common(top):
+                print(f"    {100 * n / total:5.1f}%    {frame[:100]}")
 
 async def watch(consumer: AIOKafkaConsumer, wanted: set[str], key: str,
                 seen: dict[str, float]) -> None:
