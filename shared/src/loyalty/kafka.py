@@ -6,10 +6,18 @@ in Postgres. Nothing of faststream's own touches a payload: the parser keeps the
 (header values that are not UTF-8 are dropped from its copy, since faststream would raise on
 them), and the decoder decodes nothing, so hostile bytes can only reach our own decoding.
 
-Ack policy: `AckPolicy.NACK_ON_ERROR`, auto-commit off. The handler returning commits the
-offsets (after the database commit); a handler that raises (only on shutdown, or a bug) is
-nacked: faststream seeks back to the batch's first offset and the batch is consumed again.
-`AckPolicy.ACK` would commit a batch whose handler raised, silently skipping its records.
+Ack policy: `AckPolicy.NACK_ON_ERROR`, auto-commit off. A handler that raises (only on
+shutdown, or a bug) is nacked: faststream seeks back to the batch's first offset and the
+batch is consumed again. `AckPolicy.ACK` would commit a batch whose handler raised, silently
+skipping its records.
+
+Offsets are committed after the database, at most once a second per subscriber
+(`OffsetCommitter`): the offsets of the batches applied since the last commit, explicitly
+(never the consumer's position, which may include records fetched but not yet applied), and
+at once when the service stops. A crash replays at most that second's records, which the
+inbox (or the follower's own idempotence) makes no-ops. A commit per batch cost a broker
+round trip per batch, and Tansu's in-memory store grows slower with every commit it holds
+(one core after ten minutes of the platform's commits).
 """
 
 from __future__ import annotations
@@ -19,16 +27,19 @@ import contextlib
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.message import AckStatus
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
 from loyalty import metrics
@@ -50,6 +61,8 @@ RELAXED_FETCH_MAX_WAIT_MS = 500
 # An in-flight batch may finish this long after a stop: its work is either committed, or
 # rolled back and consumed again (offsets follow the database).
 GRACEFUL_STOP_S = 3.0
+# Offsets are committed this often at most (see the module docstring).
+COMMIT_INTERVAL_S = 1.0
 
 
 async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec] | None = None) -> None:
@@ -133,10 +146,49 @@ async def raw_decoder(message: Any) -> Any:
     return None
 
 
+class OffsetCommitter:
+    """Commits the offsets of the batches a subscriber applied, at most once per
+    `interval_s`, and whenever `flush` is called (periodically, and on stop)."""
+
+    def __init__(self, interval_s: float = COMMIT_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self.pending: dict[TopicPartition, int] = {}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.last = time.monotonic()
+
+    def applied(self, consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord]) -> None:
+        """`records` are in the database: their offsets may be committed."""
+        self.consumer = consumer
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            self.pending[tp] = max(self.pending.get(tp, 0), r.offset + 1)
+
+    def due(self) -> bool:
+        return bool(self.pending) and time.monotonic() - self.last >= self.interval_s
+
+    async def flush(self) -> None:
+        """Commit what was applied; partitions no longer ours are left to their new owner
+        (which re-applies a few records, no-ops by the inbox)."""
+        if not self.pending or self.consumer is None:
+            return
+        assigned = self.consumer.assignment()
+        offsets = {tp: o for tp, o in self.pending.items() if tp in assigned}
+        self.pending = {}
+        self.last = time.monotonic()
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as exc:  # a rebalance, say: the records come again, as no-ops
+            log.warning("offsets.commit_failed", error=str(exc), partitions=len(offsets))
+
+
 def subscribe_batch(broker: KafkaBroker, consumer: BatchConsumer, *, group_id: str,
                     batch_size_max: int, batch_timeout_ms: int,
-                    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
-    """Register a batch subscriber that feeds raw records to `consumer`."""
+                    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS) -> OffsetCommitter:
+    """Register a batch subscriber that feeds raw records to `consumer`; its offsets are
+    committed by the `OffsetCommitter` returned (the caller flushes it now and then)."""
+    committer = OffsetCommitter()
 
     @broker.subscriber(
         consumer.topic, group_id=group_id, batch=True, max_records=batch_size_max,
@@ -151,6 +203,16 @@ def subscribe_batch(broker: KafkaBroker, consumer: BatchConsumer, *, group_id: s
         # A tuple from the real broker, a list from TestKafkaBroker.
         records = tuple(raw) if isinstance(raw, tuple | list) else (raw,)
         await consumer(records)
+        kafka_consumer = getattr(message, "consumer", None)
+        if not isinstance(kafka_consumer, AIOKafkaConsumer):  # TestKafkaBroker: no offsets
+            return
+        committer.applied(kafka_consumer, records)
+        if committer.due() or consumer.stopping.is_set():
+            await committer.flush()
+        # faststream's ack would commit the consumer's position: ours are committed above.
+        message.committed = AckStatus.ACKED
+
+    return committer
 
 
 def consumers_of(broker: KafkaBroker) -> list[AIOKafkaConsumer]:

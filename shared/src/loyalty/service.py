@@ -28,6 +28,7 @@ from loyalty.clock import Clock, IdProvider, SystemClock, UuidIds
 from loyalty.http import REQUEST_LINE_BYTES_MAX, make_app
 from loyalty.logging import configure_logging
 from loyalty.messaging import BatchConsumer, BatchHandler, Decoder, Handler, OutboxRelay
+from loyalty.periodic import every
 from loyalty.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -47,6 +48,7 @@ class Runtime:
     ids: IdProvider
     background: list[Callable[[], Any]] = field(default_factory=list)
     consumers: list[BatchConsumer[Any]] = field(default_factory=list)
+    committers: list[kafka.OffsetCommitter] = field(default_factory=list)
 
     def consume(self, topic: str, decode: Decoder[Any], handle: Handler[Any] | None = None, *,
                 handle_batch: BatchHandler[Any] | None = None, use_inbox: bool = True,
@@ -57,11 +59,15 @@ class Runtime:
             handle_batch=handle_batch, on_commit=self.relay.notify, use_inbox=use_inbox,
             accept=accept, retry_backoff_max_s=self.settings.retry_backoff_max_ms / 1000)
         self.consumers.append(consumer)
-        kafka.subscribe_batch(
+        self.committers.append(kafka.subscribe_batch(
             self.broker, consumer, group_id=f"loyalty-{self.name}.{topic}",
             batch_size_max=self.settings.batch_size_max,
-            batch_timeout_ms=self.settings.batch_timeout_ms, fetch_max_wait_ms=fetch_max_wait_ms)
+            batch_timeout_ms=self.settings.batch_timeout_ms, fetch_max_wait_ms=fetch_max_wait_ms))
         return consumer
+
+    async def commit_offsets(self) -> None:
+        """Commit every subscriber's applied offsets not committed yet."""
+        await asyncio.gather(*(c.flush() for c in self.committers))
 
 
 @dataclass
@@ -127,7 +133,10 @@ async def run_service(spec: ServiceSpec, stop: asyncio.Event | None = None) -> N
     await site.start()
     await relay.start()
     await kafka.start_broker(broker)
-    tasks = [asyncio.create_task(kafka.report_lag(broker, spec.name))]
+    tasks = [asyncio.create_task(kafka.report_lag(broker, spec.name)),
+             # A quiet subscriber's last batches get their offsets committed too.
+             asyncio.create_task(every(kafka.COMMIT_INTERVAL_S, runtime.commit_offsets,
+                                       "commit_offsets"))]
     tasks += [asyncio.create_task(job()) for job in runtime.background]
     log.info("service.started", port=spec.http_port, schema=spec.schema)
     try:
@@ -136,6 +145,7 @@ async def run_service(spec: ServiceSpec, stop: asyncio.Event | None = None) -> N
         log.info("service.stopping")
         for consumer in runtime.consumers:
             consumer.stopping.set()  # a batch being retried gives up, uncommitted
+        await runtime.commit_offsets()
         await broker.stop()  # stop consuming; in-flight batches finish and commit
         if not await relay.drain(settings.shutdown_drain_timeout_s):
             log.warning("service.outbox_not_drained", backlog=relay.backlog)
