@@ -17,7 +17,7 @@ Offsets are committed after the database, at most once a second per subscriber
 at once when the service stops. A crash replays at most that second's records, which the
 inbox (or the follower's own idempotence) makes no-ops. A commit per batch cost a broker
 round trip per batch, and Tansu's in-memory store grows slower with every commit it holds
-(one core after ten minutes of the platform's commits).
+(four groups committing per poll: 14% -> 45% of a core in 200 s at a constant load).
 """
 
 from __future__ import annotations
