@@ -167,18 +167,15 @@ def parse_json_object(raw: bytes | None) -> dict[str, Any]:
                                     f"{RECORD_BYTES_MAX} are accepted")
     try:
         payload = orjson.loads(raw)  # strict JSON, fast; the usual path
-    except orjson.JSONDecodeError:
-        payload = _diagnose(raw)
-    else:
         # orjson refuses raw control characters and lone surrogates, so the only way to a
         # NUL in what it parsed is the escape `\u0000`: without it there is nothing to walk.
-        if _NUL_ESCAPE not in raw:
-            if not isinstance(payload, dict):
-                raise Rejected("malformed_json", "the value is not a JSON object")
-            return payload
+        unchecked = _NUL_ESCAPE in raw
+    except orjson.JSONDecodeError:
+        payload, unchecked = _diagnose(raw), True
     if not isinstance(payload, dict):
         raise Rejected("malformed_json", "the value is not a JSON object")
-    _check_text(payload, "")
+    if unchecked:
+        _check_text(payload, "")
     return payload
 
 
