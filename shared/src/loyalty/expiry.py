@@ -24,6 +24,7 @@ Conventions (DOMAIN.md "Expiry"):
 from __future__ import annotations
 
 import calendar
+import functools
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -53,6 +54,7 @@ def round_up_to_period(d: date, round_to: str) -> date:
     return date(d.year, last_month, calendar.monthrange(d.year, last_month)[1])
 
 
+@functools.lru_cache(maxsize=4096)  # a day's purchases share the answer
 def end_of_day(d: date, tz: str) -> datetime:
     """The last whole second of local day `d` in IANA zone `tz`, as an aware UTC datetime."""
     zone = _zone(tz)

@@ -305,18 +305,6 @@ If it fails on a constraint (or raises `Rejected`), the batch is replayed one me
 time to isolate the bad one, which is dead-lettered (`constraint_violation`, or its code)."""
 
 
-def header_in(name: str, *values: str) -> Callable[[ConsumerRecord], bool]:
-    """An `accept` filter: records whose header `name` is one of `values`, and records
-    without that header (published before it existed: they are decoded and judged)."""
-    wanted = {v.encode() for v in values}
-
-    def accept(record: ConsumerRecord) -> bool:
-        found = [v for k, v in record.headers or () if k == name]
-        return not found or found[0] in wanted
-
-    return accept
-
-
 def _header(record: ConsumerRecord, name: str) -> str | None:
     for key, value in record.headers or ():
         if key == name and value is not None:
@@ -338,9 +326,6 @@ class BatchConsumer(Generic[T]):
     use_inbox: bool = True
     retry_backoff_max_s: float = 5.0
 
-    # Which records this consumer wants at all (e.g. by a header); the others are skipped
-    # unparsed, and their offsets committed with the batch's.
-    accept: Callable[[ConsumerRecord], bool] | None = None
     isolate_after_failures: int = ISOLATE_AFTER_FAILURES
     record_tries_max: int = RECORD_TRIES_MAX
     # Set when the service stops: a batch still being retried gives up (it is not committed,
@@ -358,9 +343,7 @@ class BatchConsumer(Generic[T]):
         metrics.MESSAGES_CONSUMED.labels(*labels).inc(len(records))
         metrics.BATCH_SIZE.labels(*labels).observe(len(records))
         started = time.perf_counter()
-        if self.accept is not None:
-            records = [r for r in records if self.accept(r)]
-        outcome = await self._apply_with_retries(records) if records else _Outcome()
+        outcome = await self._apply_with_retries(records)
         metrics.HANDLER_SECONDS.labels(*labels).observe(time.perf_counter() - started)
         self._count(outcome)
         self.on_commit()

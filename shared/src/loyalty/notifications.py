@@ -557,8 +557,9 @@ def _parts(text: Text) -> tuple[str, ...]:
     return (text.sms, text.subject, text.body)
 
 
-def _placeholders(pattern: str) -> set[str]:
-    return {name for _, name, _, _ in string.Formatter().parse(pattern) if name}
+@functools.cache  # the templates are a fixed set: parsed once each
+def _placeholders(pattern: str) -> frozenset[str]:
+    return frozenset(name for _, name, _, _ in string.Formatter().parse(pattern) if name)
 
 
 def _fill(pattern: str, lang: str, params: dict[str, Any], template: str) -> str:

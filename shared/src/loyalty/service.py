@@ -20,7 +20,6 @@ import asyncpg
 import structlog
 import uvloop
 from aiohttp import web
-from aiokafka.structs import ConsumerRecord
 from faststream.kafka import KafkaBroker
 
 from loyalty import db, kafka
@@ -52,12 +51,11 @@ class Runtime:
 
     def consume(self, topic: str, decode: Decoder[Any], handle: Handler[Any] | None = None, *,
                 handle_batch: BatchHandler[Any] | None = None, use_inbox: bool = True,
-                accept: Callable[[ConsumerRecord], bool] | None = None,
                 fetch_max_wait_ms: int = kafka.FETCH_MAX_WAIT_MS) -> BatchConsumer[Any]:
         consumer = BatchConsumer(
             service=self.name, topic=topic, pool=self.pool, decode=decode, handle=handle,
             handle_batch=handle_batch, on_commit=self.relay.notify, use_inbox=use_inbox,
-            accept=accept, retry_backoff_max_s=self.settings.retry_backoff_max_ms / 1000)
+            retry_backoff_max_s=self.settings.retry_backoff_max_ms / 1000)
         self.consumers.append(consumer)
         self.committers.append(kafka.subscribe_batch(
             self.broker, consumer, group_id=f"loyalty-{self.name}.{topic}",

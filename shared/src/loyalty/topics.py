@@ -20,6 +20,10 @@ NOTIFICATIONS_EMAIL = "loyalty.notifications.email.v1"
 
 # Internal: the ledger's command stream, keyed by member so one member's commands stay in order.
 LEDGER_COMMANDS = "loyalty.internal.ledger-commands.v1"
+# Internal: the ledger's answers to reward-fulfilment's commands (every event whose source is a
+# redemption), also published on loyalty.ledger.v1. reward-fulfilment reads only these, not
+# every movement of the platform.
+LEDGER_REPLIES = "loyalty.internal.ledger-replies.v1"
 
 INPUT_TOPICS = (PURCHASES, ACTIVITIES, ADJUSTMENTS, REDEMPTIONS)
 
@@ -52,6 +56,7 @@ def all_topics() -> list[TopicSpec]:
     specs = [TopicSpec(t, PUBLIC_PARTITIONS) for t in public]
     specs.append(TopicSpec(PROGRAMS, PUBLIC_PARTITIONS, compacted=True))
     specs.append(TopicSpec(LEDGER_COMMANDS, INTERNAL_PARTITIONS))
-    consumed = [*INPUT_TOPICS, PROGRAMS, LEDGER, MEMBERS, LEDGER_COMMANDS]
+    specs.append(TopicSpec(LEDGER_REPLIES, INTERNAL_PARTITIONS))
+    consumed = [*INPUT_TOPICS, PROGRAMS, LEDGER, MEMBERS, LEDGER_COMMANDS, LEDGER_REPLIES]
     specs.extend(TopicSpec(dlq(t), PUBLIC_PARTITIONS) for t in consumed)
     return specs

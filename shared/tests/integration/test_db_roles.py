@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
 import asyncpg
 import pytest
 
@@ -34,7 +37,16 @@ async def test_each_role_is_confined_to_its_own_schema(infra) -> None:
 
 
 async def test_migrations_apply_once_and_refuse_a_changed_file(infra, tmp_path) -> None:
-    dsn = await db.provision_service(infra.pg_dsn, "rewards")
+    # A database of its own: the suite's other tests migrate the shared one's schemas.
+    name = f"migrations_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(infra.pg_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    parts = urlsplit(infra.pg_dsn)
+    own = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+    dsn = await db.provision_service(own, "rewards")
     (tmp_path / "0001_probe.sql").write_text("CREATE TABLE probe (id int PRIMARY KEY);")
     pool = await db.create_pool(dsn, schema="rewards")
     try:

@@ -18,7 +18,6 @@ from loyalty.messaging import (
     Outbox,
     OutboxRelay,
     Rejected,
-    header_in,
 )
 from loyalty.testing import Kafka, unique
 
@@ -216,20 +215,6 @@ async def test_the_relay_publishes_in_order_and_empties_the_outbox(pool, infra,
                                       lambda r: r.key == run.encode(), count=20)
     assert [json.loads(r.value)["seq"] for r in got] == list(range(20))
     assert {k: v.decode() for k, v in got[0].headers}["error.code"] == "probe"
-
-
-async def test_records_a_consumer_does_not_accept_are_skipped_unparsed(pool) -> None:
-    consumer = BatchConsumer(service="probe", topic="probe.v1", pool=pool, decode=decode,
-                             handle=handle, accept=header_in("source.kind", "redemption"))
-    wanted = record({"id": "w", "amount": 1}, 0)
-    wanted.headers = (("source.kind", b"redemption"),)
-    other = record(b"{not even json", 1)
-    other.headers = (("source.kind", b"purchase"),)
-    older = record({"id": "o", "amount": 2}, 2)  # no header: published before it existed
-    await consumer([wanted, other, older])
-    assert sorted(r["id"] for r in await pool.fetch("SELECT id FROM applied")) == ["o", "w"]
-    assert await dead_letters(pool) == []
-    assert await pool.fetchval("SELECT count(*) FROM inbox") == 2
 
 
 async def test_a_lone_poison_record_is_dead_lettered_too(pool) -> None:

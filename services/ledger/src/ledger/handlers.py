@@ -25,7 +25,7 @@ from loyalty.ledger_commands import (
     Release,
     Reverse,
 )
-from loyalty.messaging import Outbox
+from loyalty.messaging import Outbox, to_json_bytes
 from loyalty.notifications import build_notification
 
 log = structlog.get_logger(__name__)
@@ -68,14 +68,24 @@ async def apply_commands(repo: LedgerRepository, commands: list[AnyCommand], now
 NOTIFIED_MOVEMENTS = ("points.credited", "points.debited")
 
 
+# Where the answers to a requester's commands also go, by the commands' source kind: the
+# requester then reads its answers, not every movement of the platform.
+REPLY_TOPICS = {"redemption": topics.LEDGER_REPLIES}
+
+
 def publish(outbox: Outbox, event: dict[str, Any]) -> None:
-    """A ledger event, keyed by member, with its type and source kind also as headers: a
-    follower that wants only some (reward-fulfilment: its own redemptions) skips the rest
-    without parsing them."""
+    """A ledger event, keyed by member, with its type and source kind also as headers (a
+    follower that wants only some skips the rest without parsing them); an answer to
+    reward-fulfilment goes to its reply topic too, the same bytes."""
     headers = {"event.type": event["type"]}
+    reply_topic = None
     if source := event.get("source"):
         headers["source.kind"] = source["kind"]
-    outbox.add(topics.LEDGER, event["member_id"], event, headers=headers)
+        reply_topic = REPLY_TOPICS.get(source["kind"])
+    value = to_json_bytes(event)
+    outbox.add(topics.LEDGER, event["member_id"], value, headers=headers)
+    if reply_topic:
+        outbox.add(reply_topic, event["member_id"], value, headers=headers)
 
 
 def _notify(outbox: Outbox, notify: Notify, event: dict[str, Any]) -> None:

@@ -2,9 +2,10 @@
 
 - `loyalty.redemptions.v1`: requests and cancellations, one savepoint each (a refused one is
   dead-lettered alone), with the inbox: the same request three times is one order.
-- `loyalty.ledger.v1`: every movement of the platform passes here; only the answers to our
-  own commands (`source.kind` `redemption`) are acted on. No inbox: each answer moves the
-  order only from the state that awaits it, so a redelivery finds it past that step.
+- `loyalty.internal.ledger-replies.v1`: the ledger's answers to our own commands (its events
+  whose `source.kind` is `redemption`, also on `loyalty.ledger.v1`, where every movement of
+  the platform passes). No inbox: each answer moves the order only from the state that
+  awaits it, so a redelivery finds it past that step.
 - `loyalty.members.v1`: our copy of the members and their contact data, set-based (a batch
   is one upsert of members, one insert of identifiers, one query for waiting orders), with
   the inbox.
@@ -20,7 +21,7 @@ from pydantic import TypeAdapter
 
 from loyalty import kafka, topics
 from loyalty.contracts import LedgerEvent, MemberEvent, RedemptionEvent, RedemptionRequested
-from loyalty.messaging import Envelope, Outbox, Rejected, decoder, header_in
+from loyalty.messaging import Envelope, Outbox, Rejected, decoder
 from loyalty.programs import ProgramDefinition, ProgramFileError
 from loyalty.service import Runtime
 from rewards import handlers
@@ -67,7 +68,5 @@ def wire(runtime: Runtime, deps: handlers.Deps) -> None:
     # dead-lettered.
     runtime.consume(topics.MEMBERS, decoder(MemberEvent), handle_batch=on_members)
     runtime.consume(topics.REDEMPTIONS, decoder(TypeAdapter(RedemptionEvent)), on_redemption)
-    # Only the ledger's answers about redemptions matter here: the rest (every purchase's
-    # credit) is skipped by its header, unparsed.
-    runtime.consume(topics.LEDGER, decoder(LedgerEvent), handle_batch=on_ledger_events,
-                    use_inbox=False, accept=header_in("source.kind", "redemption"))
+    runtime.consume(topics.LEDGER_REPLIES, decoder(LedgerEvent), handle_batch=on_ledger_events,
+                    use_inbox=False)
