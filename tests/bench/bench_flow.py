@@ -317,6 +317,33 @@ async def pg_profile(pg_dsn: str) -> None:
     print("\npg_stat_statements, top statements by total time:")
     for r in rows:
         print(f"  {r['ms']:>7,} ms {r['calls']:>8,} calls {r['rows']:>9,} rows  {r['query']}")
+    await rows_written(pg_dsn)
+
+
+async def rows_written(pg_dsn: str) -> None:
+    """Rows each table took per purchase (earn's orders count the purchases), and the WAL."""
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        tables = await conn.fetch(
+            "SELECT schemaname || '.' || relname AS t, n_tup_ins AS ins, n_tup_upd AS upd,"
+            " n_tup_del AS del FROM pg_stat_user_tables"
+            " WHERE n_tup_ins + n_tup_upd + n_tup_del > 0 ORDER BY 1")
+        wal = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
+    finally:
+        await conn.close()
+    purchases = next((r["ins"] for r in tables if r["t"] == "earn.orders"), 0)
+    if not purchases:
+        return
+    print(f"\nrows written per purchase ({purchases:,} purchases: inserted / updated / deleted):")
+    total = 0.0
+    for r in tables:
+        per = [r[k] / purchases for k in ("ins", "upd", "del")]
+        total += sum(per)
+        print(f"  {r['t']:<28} {per[0]:5.2f} {per[1]:5.2f} {per[2]:5.2f}")
+    print(f"  {'total':<28} {total:5.2f} row writes")
+    print(f"  WAL: {wal['wal_records'] / purchases:.1f} records, "
+          f"{wal['wal_fpi'] / purchases:.2f} full-page images, "
+          f"{wal['wal_bytes'] / purchases / 1024:.1f} KiB per purchase")
 
 
 async def measure(bootstrap: str, pg_dsn: str, pids: dict[str, int],
@@ -325,6 +352,8 @@ async def measure(bootstrap: str, pg_dsn: str, pids: dict[str, int],
         conn = await asyncpg.connect(pg_dsn)
         await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         await conn.execute("SELECT pg_stat_statements_reset()")
+        await conn.execute("SELECT pg_stat_reset()")  # this database's table counters
+        await conn.execute("SELECT pg_stat_reset_shared('wal')")
         await conn.close()
     me = psutil.Process()
     with RssWatch(pids) as rss:

@@ -54,10 +54,14 @@ LAG_INTERVAL_S = 2.0
 ADMIN_TIMEOUT_MS = 10_000
 TOPIC_ALREADY_EXISTS = 36
 FETCH_MAX_WAIT_MS = 50
-# For topics whose latency does not matter (program definitions; what the expiry scheduler
-# follows, since it acts on a schedule): each idle poll costs the broker and the service CPU,
-# and an idle platform's polls took a fifth of a core.
-RELAXED_FETCH_MAX_WAIT_MS = 500
+# For topics whose latency matters less, or that are mostly idle (program definitions; what
+# the expiry scheduler follows, since it acts on a schedule; the copies of the members;
+# activities and support's adjustments): each idle poll costs the broker and the service CPU,
+# and an idle platform's polls took a third of a core. Used both as the broker's fetch wait
+# and as faststream's batch wait (`getmany`, which then sleeps as long when it found
+# nothing). Under load neither waits; on an idle topic a new record can wait up to twice this
+# (a broker answers a held fetch as soon as records come, Tansu only at its end).
+RELAXED_WAIT_MS = 500
 # An in-flight batch may finish this long after a stop: its work is either committed, or
 # rolled back and consumed again (offsets follow the database).
 GRACEFUL_STOP_S = 3.0
@@ -225,11 +229,11 @@ async def lag_of(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
     if not assigned:
         return {}
     ends = await consumer.end_offsets(assigned)
-    lag = {}
-    for tp in assigned:
-        committed = await consumer.committed(tp)
-        lag[tp] = max(0, ends[tp] - (committed or 0))
-    return lag
+    # One OffsetFetch for every partition: `consumer.committed(tp)` asks once per partition,
+    # and the samples were a third of an idle broker's requests.
+    committed = await consumer._coordinator.fetch_committed_offsets(assigned)
+    return {tp: max(0, ends[tp] - max(committed[tp].offset if tp in committed else 0, 0))
+            for tp in assigned}
 
 
 async def report_lag(broker: KafkaBroker, service: str) -> None:

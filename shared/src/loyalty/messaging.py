@@ -621,11 +621,14 @@ class CachedKeyPartitioner:
         return all_partitions[h % len(all_partitions)]
 
 
+OUTBOX_CHANNEL_PREFIX = "loyalty_outbox_"  # + the service's schema: see 0000_outbox_wakeup.sql
+
+
 class OutboxRelay:
     """Publishes the service's outbox in order (acks=all), then deletes what the broker took."""
 
     def __init__(self, *, service: str, pool: asyncpg.Pool, bootstrap: str,
-                 batch_size_max: int = 1000, poll_interval_s: float = 0.05,
+                 batch_size_max: int = 1000, poll_interval_s: float = 1.0,
                  retry_backoff_max_s: float = 5.0) -> None:
         self.service = service
         self.pool = pool
@@ -691,6 +694,10 @@ class OutboxRelay:
         while not await lock_conn.fetchval(
                 "SELECT pg_try_advisory_lock(hashtext('loyalty.outbox.' || current_schema()))"):
             await asyncio.sleep(1.0)
+        # Any commit that adds outbox rows, on any replica, wakes us (0000_outbox_wakeup.sql);
+        # our own consumers also call `notify` directly, which saves the round trip.
+        channel = OUTBOX_CHANNEL_PREFIX + await lock_conn.fetchval("SELECT current_schema()")
+        await lock_conn.add_listener(channel, self._woken)
         try:
             while True:
                 published = await self._publish_once()
@@ -702,8 +709,12 @@ class OutboxRelay:
                         pass
         finally:
             if not lock_conn.is_closed():
+                await lock_conn.remove_listener(channel, self._woken)
                 await lock_conn.execute(
                     "SELECT pg_advisory_unlock(hashtext('loyalty.outbox.' || current_schema()))")
+
+    def _woken(self, *_: object) -> None:
+        self.wakeup.set()
 
     async def _publish_once(self) -> int:
         assert self.producer is not None

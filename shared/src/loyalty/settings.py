@@ -124,8 +124,9 @@ class ServiceSettings(KafkaSecurity, PostgresTls):
     pool_size_max: int = Field(10, validation_alias=_env("LOYALTY_POOL_SIZE_MAX"), ge=2, le=100)
     outbox_batch_size_max: int = Field(
         1000, validation_alias=_env("LOYALTY_OUTBOX_BATCH_SIZE_MAX"), ge=1, le=10_000)
+    # A safety net only: a commit that adds outbox rows wakes the relay (LISTEN/NOTIFY).
     outbox_poll_interval_ms: int = Field(
-        50, validation_alias=_env("LOYALTY_OUTBOX_POLL_INTERVAL_MS"), ge=1)
+        1000, validation_alias=_env("LOYALTY_OUTBOX_POLL_INTERVAL_MS"), ge=1)
     retry_backoff_max_ms: int = Field(
         5_000, validation_alias=_env("LOYALTY_RETRY_BACKOFF_MAX_MS"), ge=10)
     # A service's own stop: `loyalty up` has drained already, and kills after 3 s.

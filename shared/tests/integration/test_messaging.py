@@ -217,6 +217,28 @@ async def test_the_relay_publishes_in_order_and_empties_the_outbox(pool, infra,
     assert {k: v.decode() for k, v in got[0].headers}["error.code"] == "probe"
 
 
+async def test_a_commit_anywhere_wakes_the_relay_without_waiting_for_its_poll(
+        pool, infra, kafka_client: Kafka) -> None:
+    """Rows another connection commits (another replica's consumer, an HTTP route, a job)
+    are published at once: the relay LISTENs for the outbox's NOTIFY and polls only as a
+    safety net, here once a minute."""
+    run = unique("wakeup")
+    relay = OutboxRelay(service="probe", pool=pool, bootstrap=infra.kafka_bootstrap,
+                        poll_interval_s=60.0)
+    await relay.start()
+    try:
+        await asyncio.sleep(1.0)  # leading, listening, and past its first (empty) poll
+        outbox = Outbox()
+        outbox.add(topics.dlq(topics.PURCHASES), run, {"seq": 0})
+        async with pool.acquire() as conn, conn.transaction():
+            await outbox.flush(conn)
+        got = await kafka_client.wait_for(topics.dlq(topics.PURCHASES),
+                                          lambda r: r.key == run.encode(), timeout_s=10)
+        assert json.loads(got[0].value) == {"seq": 0}
+    finally:
+        await relay.stop()
+
+
 async def test_a_lone_poison_record_is_dead_lettered_too(pool) -> None:
     """A batch of one (low traffic) must not retry its poison forever."""
     consumer = BatchConsumer(service="probe", topic="probe.v1", pool=pool, decode=decode,

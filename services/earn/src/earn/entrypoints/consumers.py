@@ -10,7 +10,7 @@ import asyncpg
 from earn import handlers
 from earn.adapters.batch import BatchEarnRepository
 from earn.adapters.postgres import EarnRepository
-from loyalty import kafka, metrics, topics
+from loyalty import metrics, topics
 from loyalty.contracts import ActivityEvent, AdjustmentEvent, PurchaseEvent
 from loyalty.identifiers import InvalidIdentifier, normalise_customer
 from loyalty.logging import correlation
@@ -104,8 +104,10 @@ def wire(runtime: Runtime) -> None:
 
     # Programs: the latest definition per key wins; applying one twice changes nothing.
     runtime.consume(topics.PROGRAMS, decode_program, on_program, use_inbox=False,
-                    fetch_max_wait_ms=kafka.RELAXED_FETCH_MAX_WAIT_MS)
+                    relaxed=True)
     runtime.consume(topics.PURCHASES, decoder(PurchaseEvent), handle_batch=batched(on_purchase))
-    runtime.consume(topics.ACTIVITIES, decoder(ActivityEvent), handle_batch=batched(on_activity))
+    runtime.consume(topics.ACTIVITIES, decoder(ActivityEvent), handle_batch=batched(on_activity),
+                    relaxed=True)
     runtime.consume(topics.ADJUSTMENTS, decoder(AdjustmentEvent),
-                    handle_batch=batched(on_adjustment))
+                    handle_batch=batched(on_adjustment),
+                    relaxed=True)

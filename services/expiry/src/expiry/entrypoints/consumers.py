@@ -19,7 +19,7 @@ from expiry import handlers
 from expiry.adapters.postgres import ExpiryRepository
 from expiry.adapters.sweeper import run_sweep
 from expiry.settings import Settings
-from loyalty import kafka, metrics, topics
+from loyalty import metrics, topics
 from loyalty.contracts import LedgerEvent, MemberEvent
 from loyalty.messaging import Envelope, Outbox, Rejected, decoder
 from loyalty.periodic import every
@@ -92,12 +92,12 @@ def wire(runtime: Runtime) -> None:
     settings = runtime.settings
     assert isinstance(settings, Settings)
     runtime.consume(topics.PROGRAMS, decode_program, on_program, use_inbox=False,
-                    fetch_max_wait_ms=kafka.RELAXED_FETCH_MAX_WAIT_MS)
+                    relaxed=True)
     # It acts on a schedule: a few hundred milliseconds behind the ledger changes nothing.
     runtime.consume(topics.MEMBERS, decode_members, handle_batch=on_members,
-                    fetch_max_wait_ms=kafka.RELAXED_FETCH_MAX_WAIT_MS)
+                    relaxed=True)
     runtime.consume(topics.LEDGER, decode_ledger, handle_batch=on_ledger,
-                    fetch_max_wait_ms=kafka.RELAXED_FETCH_MAX_WAIT_MS)
+                    relaxed=True)
 
     if settings.sweep_interval_s > 0:
         limits = sweep_limits(settings)

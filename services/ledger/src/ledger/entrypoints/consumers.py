@@ -50,7 +50,8 @@ def wire(runtime: Runtime) -> None:
             metrics.POINTS_OUTSTANDING.labels(row["program_id"]).set(row["points"])
 
     runtime.consume(topics.LEDGER_COMMANDS, decode_command, handle_batch=on_commands)
-    runtime.consume(topics.MEMBERS, decoder(MemberEvent), handle_batch=on_members)
+    runtime.consume(topics.MEMBERS, decoder(MemberEvent), handle_batch=on_members,
+                    relaxed=True)
     runtime.background.extend([
         lambda: every(HOLD_SWEEP_INTERVAL_S, sweep_holds, "holds_sweep"),
         lambda: every(LIABILITY_INTERVAL_S, report_liability, "liability")])

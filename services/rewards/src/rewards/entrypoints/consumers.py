@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 from pydantic import TypeAdapter
 
-from loyalty import kafka, topics
+from loyalty import topics
 from loyalty.contracts import LedgerEvent, MemberEvent, RedemptionEvent, RedemptionRequested
 from loyalty.messaging import Envelope, Outbox, Rejected, decoder
 from loyalty.programs import ProgramDefinition, ProgramFileError
@@ -62,11 +62,12 @@ def wire(runtime: Runtime, deps: handlers.Deps) -> None:
                                      outbox)
 
     runtime.consume(topics.PROGRAMS, decode_program, on_program, use_inbox=False,
-                    fetch_max_wait_ms=kafka.RELAXED_FETCH_MAX_WAIT_MS)
+                    relaxed=True)
     # Set-based: a batch of members is three statements, not three per member. A batch the
     # database refuses (a CHECK) is replayed one member at a time, and only that one is
     # dead-lettered.
-    runtime.consume(topics.MEMBERS, decoder(MemberEvent), handle_batch=on_members)
+    runtime.consume(topics.MEMBERS, decoder(MemberEvent), handle_batch=on_members,
+                    relaxed=True)
     runtime.consume(topics.REDEMPTIONS, decoder(TypeAdapter(RedemptionEvent)), on_redemption)
     runtime.consume(topics.LEDGER_REPLIES, decoder(LedgerEvent), handle_batch=on_ledger_events,
                     use_inbox=False)

@@ -1,0 +1,50 @@
+"""The consumer-lag gauge's figures on a real broker: end offset minus committed offset, per
+assigned partition (`loyalty up` drains on it, dashboards alert on it)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+from loyalty import kafka
+from loyalty.settings import kafka_client_kwargs
+from loyalty.testing import unique
+from loyalty.topics import TopicSpec
+
+pytestmark = pytest.mark.integration
+
+
+async def test_lag_is_what_the_group_has_not_committed_on_each_partition(infra) -> None:
+    topic = unique("lag.probe")
+    await kafka.ensure_topics(infra.kafka_bootstrap, [TopicSpec(topic, 3)])
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, acks="all",
+                                **kafka_client_kwargs())
+    await producer.start()
+    try:
+        for i in range(5):
+            await producer.send_and_wait(topic, b"%d" % i, partition=0)
+        await producer.send_and_wait(topic, b"x", partition=1)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=infra.kafka_bootstrap,
+                                group_id=unique("lag.group"), enable_auto_commit=False,
+                                auto_offset_reset="earliest", **kafka_client_kwargs())
+    await consumer.start()
+    try:
+        for _ in range(100):  # until the group has its partitions
+            if consumer.assignment():
+                break
+            await asyncio.sleep(0.1)
+        assert await kafka.lag_of(consumer) == {
+            TopicPartition(topic, 0): 5, TopicPartition(topic, 1): 1,
+            TopicPartition(topic, 2): 0}
+        await consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(2, ""),
+                               TopicPartition(topic, 1): OffsetAndMetadata(1, "")})
+        assert await kafka.lag_of(consumer) == {
+            TopicPartition(topic, 0): 3, TopicPartition(topic, 1): 0,
+            TopicPartition(topic, 2): 0}
+    finally:
+        await consumer.stop()
