@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
 from collections.abc import Callable
@@ -83,10 +84,22 @@ class ServiceSpec:
     ids: IdProvider = field(default_factory=UuidIds)
 
 
+# The cyclic garbage collector's first generation runs every this many allocations (Python's
+# default is 700): a batch of a few hundred records allocates tens of thousands of short-lived
+# objects, nearly none in cycles, and each run walked them all.
+GC_GENERATION0_THRESHOLD = 50_000
+
+
 def main(build: Callable[[], ServiceSpec]) -> None:
     """`python -m <service>`: the service on uvloop (faster sockets and scheduling than
     asyncio's default loop, which the profile showed under load)."""
-    uvloop.run(run_service(build()))
+    spec = build()
+    # What is alive after start-up (modules, the program definitions' classes, babel's data)
+    # lives as long as the process: frozen, the collector no longer walks it.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GENERATION0_THRESHOLD, *gc.get_threshold()[1:])
+    uvloop.run(run_service(spec))
 
 
 async def run_service(spec: ServiceSpec, stop: asyncio.Event | None = None) -> None:
