@@ -87,6 +87,12 @@ class RssWatch:
         self.sample()
 
 
+def own_cpu_seconds() -> float:
+    """This script's CPU time (the load generator's: publishing, reading the results)."""
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
 def cpu_seconds(root: psutil.Process) -> dict[str, float]:
     """CPU time (user + system) used so far by each part of the platform under `root`:
     the services, Postgres (all its processes) and the broker. Unlike wall time it hardly
@@ -339,7 +345,8 @@ async def rows_written(pg_dsn: str) -> None:
     for r in tables:
         per = [r[k] / purchases for k in ("ins", "upd", "del")]
         total += sum(per)
-        print(f"  {r['t']:<28} {per[0]:5.2f} {per[1]:5.2f} {per[2]:5.2f}")
+        if sum(per) >= 0.005:  # not the programs, migrations and such
+            print(f"  {r['t']:<28} {per[0]:5.2f} {per[1]:5.2f} {per[2]:5.2f}")
     print(f"  {'total':<28} {total:5.2f} row writes")
     print(f"  WAL: {wal['wal_records'] / purchases:.1f} records, "
           f"{wal['wal_fpi'] / purchases:.2f} full-page images, "
@@ -357,11 +364,12 @@ async def measure(bootstrap: str, pg_dsn: str, pids: dict[str, int],
         await conn.close()
     me = psutil.Process()
     with RssWatch(pids) as rss:
-        before = cpu_seconds(me)
+        before, own_before, wall_before = cpu_seconds(me), own_cpu_seconds(), time.perf_counter()
         spy = PySpy(pids, Path(args.py_spy)) if args.py_spy else None
         await throughput(bootstrap, args.purchases, args.members)
         if spy:
             spy.stop()
+        own, wall = own_cpu_seconds() - own_before, time.perf_counter() - wall_before
         used = {k: v - before.get(k, 0.0) for k, v in cpu_seconds(me).items()}
         if used:  # only when the platform is this script's own (its children)
             print("  CPU per purchase (user + system), by part of the platform:")
@@ -370,6 +378,11 @@ async def measure(bootstrap: str, pg_dsn: str, pids: dict[str, int],
             print(f"    {'total':<10} {sum(used.values()) * 1000 / args.purchases:6.3f} ms "
                   f"(2 cores: at most {2 * args.purchases / sum(used.values()):,.0f}"
                   " purchases/s with nothing else running)")
+            cores = os.cpu_count() or 2
+            print(f"  and this load generator {own * 1000 / args.purchases:.3f} ms; of the "
+                  f"{cores} cores' time during the run, the platform used "
+                  f"{sum(used.values()) / (cores * wall):.0%} and the load generator "
+                  f"{own / (cores * wall):.0%}")
         await latency(bootstrap, args.rate, args.seconds)
     if spy:
         print("\npy-spy during the throughput run, share of each service's busy samples:")
