@@ -655,7 +655,9 @@ class OutboxRelay:
             every(STATS_INTERVAL_S, self._stats, "outbox_stats"),
             name=f"{self.service}-outbox-stats")
 
-    def notify(self) -> None:
+    def notify(self, *_: object) -> None:
+        """Publish now: called after a commit that added outbox rows (also as the LISTEN
+        callback, whose connection, pid, channel and payload say nothing more)."""
         self.wakeup.set()
 
     async def drain(self, timeout_s: float) -> bool:
@@ -697,7 +699,7 @@ class OutboxRelay:
         # Any commit that adds outbox rows, on any replica, wakes us (0000_outbox_wakeup.sql);
         # our own consumers also call `notify` directly, which saves the round trip.
         channel = OUTBOX_CHANNEL_PREFIX + await lock_conn.fetchval("SELECT current_schema()")
-        await lock_conn.add_listener(channel, self._woken)
+        await lock_conn.add_listener(channel, self.notify)
         try:
             while True:
                 published = await self._publish_once()
@@ -709,12 +711,9 @@ class OutboxRelay:
                         pass
         finally:
             if not lock_conn.is_closed():
-                await lock_conn.remove_listener(channel, self._woken)
+                await lock_conn.remove_listener(channel, self.notify)
                 await lock_conn.execute(
                     "SELECT pg_advisory_unlock(hashtext('loyalty.outbox.' || current_schema()))")
-
-    def _woken(self, *_: object) -> None:
-        self.wakeup.set()
 
     async def _publish_once(self) -> int:
         assert self.producer is not None
