@@ -50,8 +50,9 @@ def wire(runtime: Runtime) -> None:
             metrics.POINTS_OUTSTANDING.labels(row["program_id"]).set(row["points"])
 
     runtime.consume(topics.LEDGER_COMMANDS, decode_command, handle_batch=on_commands)
-    runtime.consume(topics.MEMBERS, decoder(MemberEvent), handle_batch=on_members,
-                    relaxed=True)
+    # Not relaxed: the member's phone or e-mail must find their balance as soon as the first
+    # purchase's SMS is out (the member event and the credit leave earn together).
+    runtime.consume(topics.MEMBERS, decoder(MemberEvent), handle_batch=on_members)
     runtime.background.extend([
         lambda: every(HOLD_SWEEP_INTERVAL_S, sweep_holds, "holds_sweep"),
         lambda: every(LIABILITY_INTERVAL_S, report_liability, "liability")])
