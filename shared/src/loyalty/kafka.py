@@ -55,8 +55,7 @@ ADMIN_TIMEOUT_MS = 10_000
 TOPIC_ALREADY_EXISTS = 36
 FETCH_MAX_WAIT_MS = 50
 # For topics whose latency matters less, or that are mostly idle (program definitions; what
-# the expiry scheduler follows, since it acts on a schedule; the scheduler's and
-# reward-fulfilment's copies of the members;
+# the expiry scheduler follows, since it acts on a schedule, and its copy of the members;
 # activities and support's adjustments): each idle poll costs the broker and the service CPU,
 # and an idle platform's polls took a third of a core. Used both as the broker's fetch wait
 # and as faststream's batch wait (`getmany`, which then sleeps as long when it found

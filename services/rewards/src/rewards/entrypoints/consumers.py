@@ -66,8 +66,8 @@ def wire(runtime: Runtime, deps: handlers.Deps) -> None:
     # Set-based: a batch of members is three statements, not three per member. A batch the
     # database refuses (a CHECK) is replayed one member at a time, and only that one is
     # dead-lettered.
-    runtime.consume(topics.MEMBERS, decoder(MemberEvent), handle_batch=on_members,
-                    relaxed=True)
+    # Not relaxed: an order waits for its member, who may redeem right after enrolling.
+    runtime.consume(topics.MEMBERS, decoder(MemberEvent), handle_batch=on_members)
     runtime.consume(topics.REDEMPTIONS, decoder(TypeAdapter(RedemptionEvent)), on_redemption)
     runtime.consume(topics.LEDGER_REPLIES, decoder(LedgerEvent), handle_batch=on_ledger_events,
                     use_inbox=False)
