@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
-from urllib.parse import urlsplit, urlunsplit
-
 import asyncpg
 import pytest
 
 from loyalty import db
+from loyalty.testing import scratch_database
 
 pytestmark = pytest.mark.integration
 
@@ -38,24 +36,17 @@ async def test_each_role_is_confined_to_its_own_schema(infra) -> None:
 
 async def test_migrations_apply_once_and_refuse_a_changed_file(infra, tmp_path) -> None:
     # A database of its own: the suite's other tests migrate the shared one's schemas.
-    name = f"migrations_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(infra.pg_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    parts = urlsplit(infra.pg_dsn)
-    own = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-    dsn = await db.provision_service(own, "rewards")
-    (tmp_path / "0001_probe.sql").write_text("CREATE TABLE probe (id int PRIMARY KEY);")
-    pool = await db.create_pool(dsn, schema="rewards")
-    try:
-        first = await db.apply_migrations(pool, "rewards", tmp_path)
-        again = await db.apply_migrations(pool, "rewards", tmp_path)
-        assert first == ["0000_messaging.sql", "0000_outbox_wakeup.sql", "0001_probe.sql"]
-        assert again == []
-        (tmp_path / "0001_probe.sql").write_text("CREATE TABLE probe (id bigint);")
-        with pytest.raises(RuntimeError, match="changed after it was applied"):
-            await db.apply_migrations(pool, "rewards", tmp_path)
-    finally:
-        await pool.close()
+    async with scratch_database(infra.pg_dsn, "migrations") as own:
+        dsn = await db.provision_service(own, "rewards")
+        (tmp_path / "0001_probe.sql").write_text("CREATE TABLE probe (id int PRIMARY KEY);")
+        pool = await db.create_pool(dsn, schema="rewards")
+        try:
+            first = await db.apply_migrations(pool, "rewards", tmp_path)
+            again = await db.apply_migrations(pool, "rewards", tmp_path)
+            assert first == ["0000_messaging.sql", "0000_outbox_wakeup.sql", "0001_probe.sql"]
+            assert again == []
+            (tmp_path / "0001_probe.sql").write_text("CREATE TABLE probe (id bigint);")
+            with pytest.raises(RuntimeError, match="changed after it was applied"):
+                await db.apply_migrations(pool, "rewards", tmp_path)
+        finally:
+            await pool.close()

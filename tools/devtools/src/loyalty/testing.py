@@ -311,30 +311,39 @@ class Api:
 
 
 @asynccontextmanager
-async def scratch_service_db(admin_dsn: str, service: str, migrations_dir: Path
-                             ) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
-    """A new database holding one service's schema, migrated as the service migrates it;
-    dropped on exit. Yields the new database's admin DSN and a pool as the service's role."""
-    name = f"scratch_{service}_{uuid.uuid4().hex[:10]}"
+async def scratch_database(admin_dsn: str, prefix: str) -> AsyncIterator[str]:
+    """A new, empty database on the server of `admin_dsn`, dropped on exit; yields its admin
+    DSN (the same user and parameters)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(admin_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     parts = urlsplit(admin_dsn)
-    scratch_admin = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-    pool = await db.create_pool(await db.provision_service(scratch_admin, service),
-                                schema=service)
     try:
-        await db.apply_migrations(pool, service, migrations_dir)
-        yield scratch_admin, pool
+        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
     finally:
-        await pool.close()
         admin = await asyncpg.connect(admin_dsn)
         try:
             await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@asynccontextmanager
+async def scratch_service_db(admin_dsn: str, service: str, migrations_dir: Path
+                             ) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
+    """A new database holding one service's schema, migrated as the service migrates it;
+    dropped on exit. Yields the new database's admin DSN and a pool as the service's role."""
+    async with scratch_database(admin_dsn, f"scratch_{service}") as scratch_admin:
+        pool = await db.create_pool(await db.provision_service(scratch_admin, service),
+                                    schema=service)
+        try:
+            await db.apply_migrations(pool, service, migrations_dir)
+            yield scratch_admin, pool
+        finally:
+            await pool.close()
 
 
 OUTSIDE_CAMPAIGNS = "2026-10-20T10:15:00+03:00"  # before the demo's double-weekend campaign
