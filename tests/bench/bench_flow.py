@@ -312,24 +312,14 @@ async def naive(bootstrap: str, pg_dsn: str, n: int) -> float:
 
 
 async def pg_profile(pg_dsn: str) -> None:
+    """Postgres's top statements, then the rows each table took per purchase (earn's orders
+    count the purchases) and the WAL."""
     conn = await asyncpg.connect(pg_dsn)
     try:
         rows = await conn.fetch(
             "SELECT calls, round(total_exec_time)::bigint AS ms, rows,"
             " left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS query"
             " FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12")
-    finally:
-        await conn.close()
-    print("\npg_stat_statements, top statements by total time:")
-    for r in rows:
-        print(f"  {r['ms']:>7,} ms {r['calls']:>8,} calls {r['rows']:>9,} rows  {r['query']}")
-    await rows_written(pg_dsn)
-
-
-async def rows_written(pg_dsn: str) -> None:
-    """Rows each table took per purchase (earn's orders count the purchases), and the WAL."""
-    conn = await asyncpg.connect(pg_dsn)
-    try:
         tables = await conn.fetch(
             "SELECT schemaname || '.' || relname AS t, n_tup_ins AS ins, n_tup_upd AS upd,"
             " n_tup_del AS del FROM pg_stat_user_tables"
@@ -337,6 +327,13 @@ async def rows_written(pg_dsn: str) -> None:
         wal = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
     finally:
         await conn.close()
+    print("\npg_stat_statements, top statements by total time:")
+    for r in rows:
+        print(f"  {r['ms']:>7,} ms {r['calls']:>8,} calls {r['rows']:>9,} rows  {r['query']}")
+    rows_written(tables, wal)
+
+
+def rows_written(tables: list[asyncpg.Record], wal: asyncpg.Record) -> None:
     purchases = next((r["ins"] for r in tables if r["t"] == "earn.orders"), 0)
     if not purchases:
         return
