@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
 from loyalty import db, metrics, topics
@@ -215,6 +216,44 @@ async def test_the_relay_publishes_in_order_and_empties_the_outbox(pool, infra,
                                       lambda r: r.key == run.encode(), count=20)
     assert [json.loads(r.value)["seq"] for r in got] == list(range(20))
     assert {k: v.decode() for k, v in got[0].headers}["error.code"] == "probe"
+
+
+async def test_the_relay_batches_per_partition_keeping_each_key_in_order(
+        pool, infra, kafka_client: Kafka) -> None:
+    """Many keys over every partition, more than a record batch holds per partition, one
+    message larger than a whole batch and one without a key: each key's messages arrive in
+    order on the default partitioner's partition, and nothing is missing."""
+    run = unique("batches")
+    keys = [f"{run}-{k}" for k in range(12)]
+    outbox = Outbox()
+    sent: dict[str | None, list[int]] = {}
+    for i in range(600):
+        key = keys[i % len(keys)]
+        filler = "x" * (40_000 if i == 300 else 200)  # the default batch holds 16 KiB
+        outbox.add(topics.dlq(topics.PURCHASES), key, {"run": run, "seq": i, "f": filler})
+        sent.setdefault(key, []).append(i)
+    outbox.add(topics.dlq(topics.PURCHASES), None, {"run": run, "seq": 600})
+    async with pool.acquire() as conn:
+        await outbox.flush(conn)
+    relay = OutboxRelay(service="probe", pool=pool, bootstrap=infra.kafka_bootstrap)
+    await relay.start()
+    try:
+        assert await relay.drain(timeout_s=20)
+    finally:
+        await relay.stop()
+    got = await kafka_client.wait_for(topics.dlq(topics.PURCHASES),
+                                      lambda r: json.loads(r.value).get("run") == run,
+                                      count=601)
+    received: dict[str | None, list[int]] = {}
+    partitions = sorted({r.partition for r in got})
+    for r in got:
+        key = r.key.decode() if r.key else None
+        received.setdefault(key, []).append(json.loads(r.value)["seq"])
+        if key is not None:
+            every = list(range(topics.PUBLIC_PARTITIONS))
+            assert r.partition == DefaultPartitioner()(r.key, every, every)
+    assert received == {**sent, None: [600]}
+    assert len(partitions) > 1
 
 
 async def test_a_commit_anywhere_wakes_the_relay_without_waiting_for_its_poll(
