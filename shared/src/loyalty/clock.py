@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -47,4 +48,14 @@ class UuidIds:
 
 def stable_id(*parts: str) -> str:
     """A deterministic id for a business fact, so a re-run produces the same id."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, "loyalty:" + "|".join(parts)))
+    return uuid5_text(uuid.NAMESPACE_URL, "loyalty:" + "|".join(parts))
+
+
+def uuid5_text(namespace: uuid.UUID, name: str) -> str:
+    """`str(uuid.uuid5(namespace, name))`, the same text at a third of the cost: the ledger
+    makes two for every movement, and building the `UUID` object was most of each."""
+    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -78,7 +78,15 @@ def lot_expires_at(
     None also for "inactivity": there the whole balance expires together, see
     `inactivity_expires_at`.
     """
-    local_date = _local_date(earned_at, time_zone)
+    return _lot_expires_on(_local_date(earned_at, time_zone), policy, months, round_to,
+                           fixed_date, time_zone)
+
+
+@functools.lru_cache(maxsize=4096)
+def _lot_expires_on(local_date: date, policy: str, months: int | None, round_to: str | None,
+                    fixed_date: str | None, time_zone: str) -> datetime | None:
+    """`lot_expires_at` by the local day of earning, which is all it depends on: a program's
+    lots of one day share their expiry, so it is worked out once (earn asks per purchase)."""
     if policy in ("none", "inactivity"):
         return None
     if policy == "rolling":

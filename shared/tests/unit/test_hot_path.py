@@ -5,11 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import uuid
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given
+from hypothesis import strategies as st
 
+from loyalty.clock import stable_id, uuid5_text
 from loyalty.messaging import CachedKeyPartitioner, Rejected, parse_json_object, payload_digest
+from loyalty.notifications import NOTIFICATION_NAMESPACE, notification_id
 
 
 def slow_digest(payload: dict) -> bytes:
@@ -60,3 +65,17 @@ def test_cached_partitioner_agrees_with_kafkas_default() -> None:
             assert cached(key, partitions, partitions) == default(key, partitions, partitions)
     assert len(cached.hashes) <= 50  # bounded
     assert cached(None, [0, 1, 2], [1]) == 1  # no key: an available partition
+
+
+@given(st.text(), st.sampled_from([uuid.NAMESPACE_URL, uuid.NAMESPACE_DNS, uuid.uuid4()]))
+def test_uuid5_text_is_the_standard_uuid5(name: str, namespace: uuid.UUID) -> None:
+    # Ids already published (ledger events, notifications) must come out the same again.
+    assert uuid5_text(namespace, name) == str(uuid.uuid5(namespace, name))
+
+
+def test_stable_and_notification_ids_are_unchanged() -> None:
+    # Pinned values: the ids a redelivery must reproduce for the consumers' de-duplication.
+    assert stable_id("ledger", "purchase:e-1", "credit") == str(
+        uuid.uuid5(uuid.NAMESPACE_URL, "loyalty:ledger|purchase:e-1|credit"))
+    assert notification_id("points_earned", "sms", "f-1") == str(
+        uuid.uuid5(NOTIFICATION_NAMESPACE, '["points_earned", "sms", "f-1"]'))
