@@ -39,7 +39,7 @@ import asyncpg
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
-from common import own_running_platform, tail
+from common import own_running_platform, reference_loop_ms, tail
 
 from loyalty import topics
 
@@ -407,6 +407,8 @@ async def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--py-spy", metavar="DIR", default=None)
     args = parser.parse_args()
+    print(f"this machine now: a reference Python loop takes {reference_loop_ms():.0f} ms "
+          "(best of 5; compare figures between runs whose loop times are alike)")
 
     runtime = Path(os.environ.get("LOYALTY_DATA_DIR", ".loyalty")) / "runtime.json"
     if runtime.exists():

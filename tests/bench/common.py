@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -56,3 +57,16 @@ async def tail(bootstrap: str, topic: str) -> AIOKafkaConsumer:
     for tp in consumer.assignment():
         await consumer.position(tp)
     return consumer
+
+
+def reference_loop_ms() -> float:
+    """How fast this machine is right now: a fixed pure-Python loop, best of 5, in ms.
+
+    Shared machines vary: the same commit ran twice as slow on one day as on another. Figures
+    are comparable between runs whose reference times are alike; the scripts print it."""
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        sum(i * i for i in range(1_000_000))
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
