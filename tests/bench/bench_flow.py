@@ -16,6 +16,7 @@ run, writes its collapsed stacks (flamegraph input) to DIR and prints where its 
 
     uv run python tests/bench/bench_flow.py [--purchases 20000] [--members 5000]
         [--rate 2500] [--seconds 20] [--naive 2000] [--profile] [--py-spy DIR]
+        [--processes ledger=2 earn=2]
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import asyncpg
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
-from common import own_running_platform, reference_loop_ms, tail
+from common import cpu_seconds, own_running_platform, reference_loop_ms, tail
 
 from loyalty import topics
 
@@ -91,24 +92,6 @@ def own_cpu_seconds() -> float:
     """This script's CPU time (the load generator's: publishing, reading the results)."""
     times = psutil.Process().cpu_times()
     return times.user + times.system
-
-
-def cpu_seconds(root: psutil.Process) -> dict[str, float]:
-    """CPU time (user + system) used so far by each part of the platform under `root`:
-    the services, Postgres (all its processes) and the broker. Unlike wall time it hardly
-    depends on what else the machine runs, so CPU per purchase is the figure to compare."""
-    used: dict[str, float] = {}
-    for proc in root.children(recursive=True):
-        try:
-            cmd = " ".join(proc.cmdline())
-            times = proc.cpu_times()
-        except psutil.Error:
-            continue
-        name = next((s for s in ("earn", "ledger", "expiry", "rewards") if f"-m {s}" in cmd),
-                    "postgres" if "postgres" in cmd else "broker" if "tansu" in cmd else None)
-        if name:
-            used[name] = used.get(name, 0.0) + times.user + times.system
-    return used
 
 
 class PySpy:
@@ -396,6 +379,13 @@ async def measure(bootstrap: str, pg_dsn: str, pids: dict[str, int],
               "(one transaction, one acked produce, one offset commit each)")
 
 
+def processes_of(text: str) -> tuple[str, int]:
+    name, _, n = text.partition("=")
+    if name not in SERVICES or not n.isdigit() or not 1 <= int(n) <= 6:
+        raise argparse.ArgumentTypeError(f"{text!r}: SERVICE=N, N from 1 to 6 (the partitions)")
+    return name, int(n)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -406,6 +396,8 @@ async def main() -> None:
     parser.add_argument("--naive", type=int, default=2_000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--py-spy", metavar="DIR", default=None)
+    parser.add_argument("--processes", metavar="SERVICE=N", type=processes_of, default=[],
+                        nargs="*", help="run N processes of a service, e.g. ledger=2 earn=2")
     args = parser.parse_args()
     print(f"this machine now: a reference Python loop takes {reference_loop_ms():.0f} ms "
           "(best of 5; compare figures between runs whose loop times are alike)")
@@ -421,8 +413,14 @@ async def main() -> None:
         await measure(info["kafka_bootstrap"], info["pg_dsn"], pids, args)
         return
     async with own_running_platform(*SERVICES) as (bootstrap, platform):
-        print(f"started a platform for the benchmark: {', '.join(SERVICES)}; Postgres fsync on")
-        pids = {name: platform.services[name].proc.pid for name in SERVICES}
+        extra = [platform.add_replica(name) for name, n in args.processes
+                 for _ in range(n - 1)]
+        if extra:
+            platform.start(*extra)
+            await platform.wait_ready(*extra)
+        print(f"started a platform for the benchmark: {', '.join(platform.services)}; "
+              "Postgres fsync on")
+        pids = {key: s.proc.pid for key, s in platform.services.items() if s.proc is not None}
         await measure(bootstrap, platform.admin_dsn, pids, args)
 
 

@@ -1,11 +1,13 @@
-"""Benchmark: commands per second applied by ONE ledger process, and command-to-event latency.
+"""Benchmark: commands per second applied by the ledger alone, and command-to-event latency.
 
 Starts its own embedded Postgres and Tansu broker (or uses LOYALTY_PG_DSN /
-LOYALTY_KAFKA_BOOTSTRAP) and one ledger process; publishes ledger commands straight to the
-internal command topic and reads the resulting events from loyalty.ledger.v1. Prints figures;
-asserts nothing (shared machines are noisy).
+LOYALTY_KAFKA_BOOTSTRAP) and one ledger process, or `--processes N` of them in one consumer
+group (the command topic's 6 partitions shared among them); publishes ledger commands straight
+to the internal command topic and reads the resulting events from loyalty.ledger.v1. Prints
+figures and the CPU each part used per command; asserts nothing (shared machines are noisy).
 
     uv run python tests/bench/bench_ledger.py [--commands 50000] [--members 5000] [--rate 500]
+        [--processes 1]
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import statistics
 import time
 import uuid
 
+import psutil
 from aiokafka import AIOKafkaProducer
-from common import own_platform, tail
+from common import cpu_seconds, own_running_platform, reference_loop_ms, tail
 
 from loyalty import topics
 
@@ -37,6 +40,8 @@ def command(run: str, i: int, member: str, rng: random.Random) -> dict:
 
 
 async def throughput(bootstrap: str, n: int, members: int) -> None:
+    me = psutil.Process()
+    before = cpu_seconds(me)
     run, rng = uuid.uuid4().hex[:8], random.Random(1)
     names = [f"bm-{run}-{i}" for i in range(members)]
     events = await tail(bootstrap, topics.LEDGER)
@@ -60,6 +65,10 @@ async def throughput(bootstrap: str, n: int, members: int) -> None:
     print(f"throughput: {n:,} commands (80% credits, 20% debits) over {members:,} members")
     print(f"  published in {published:.2f}s; all applied and their events published after "
           f"{elapsed:.2f}s: {n / elapsed:,.0f} commands/s")
+    used = {k: v - before.get(k, 0.0) for k, v in cpu_seconds(me).items()}
+    print("  CPU per command (user + system): " + ", ".join(
+        f"{name} {seconds * 1e6 / n:.0f} us ({seconds / elapsed:.0%} of a core)"
+        for name, seconds in sorted(used.items(), key=lambda kv: -kv[1])))
     await events.stop()
     await producer.stop()
 
@@ -104,8 +113,16 @@ async def main() -> None:
     parser.add_argument("--members", type=int, default=5_000)
     parser.add_argument("--rate", type=float, default=500)
     parser.add_argument("--latency-samples", type=int, default=2_000)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="ledger processes in the group (at most 6: the partitions)")
     args = parser.parse_args()
-    async with own_platform("ledger") as bootstrap:
+    async with own_running_platform("ledger") as (bootstrap, platform):
+        replicas = [platform.add_replica("ledger") for _ in range(args.processes - 1)]
+        if replicas:
+            platform.start(*replicas)
+            await platform.wait_ready(*replicas)  # ready: each holds partitions of the group
+        print(f"{args.processes} ledger process(es); this machine now: a reference Python loop "
+              f"takes {reference_loop_ms():.0f} ms")
         await latency(bootstrap, args.latency_samples, args.rate)
         await throughput(bootstrap, args.commands, args.members)
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import psutil
 from aiokafka import AIOKafkaConsumer
 
 from loyalty.cli import DEMO_PROGRAMS, publish_programs, wait_programs_applied
@@ -70,3 +71,21 @@ def reference_loop_ms() -> float:
         sum(i * i for i in range(1_000_000))
         best = min(best, time.perf_counter() - started)
     return best * 1000
+
+
+def cpu_seconds(root: psutil.Process) -> dict[str, float]:
+    """CPU time (user + system) used so far by each part of the platform under `root`:
+    the services, Postgres (all its processes) and the broker. Unlike wall time it hardly
+    depends on what else the machine runs, so CPU per purchase is the figure to compare."""
+    used: dict[str, float] = {}
+    for proc in root.children(recursive=True):
+        try:
+            cmd = " ".join(proc.cmdline())
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        name = next((s for s in ("earn", "ledger", "expiry", "rewards") if f"-m {s}" in cmd),
+                    "postgres" if "postgres" in cmd else "broker" if "tansu" in cmd else None)
+        if name:
+            used[name] = used.get(name, 0.0) + times.user + times.system
+    return used
