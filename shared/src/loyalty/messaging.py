@@ -46,8 +46,8 @@ import asyncpg
 import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.partitioner import DefaultPartitioner, murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import ConsumerRecord
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
