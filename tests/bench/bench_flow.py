@@ -40,7 +40,7 @@ import asyncpg
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
-from common import cpu_seconds, own_running_platform, reference_loop_ms, tail
+from common import add_processes, cpu_seconds, own_running_platform, reference_loop_ms, tail
 
 from loyalty import topics
 
@@ -413,11 +413,7 @@ async def main() -> None:
         await measure(info["kafka_bootstrap"], info["pg_dsn"], pids, args)
         return
     async with own_running_platform(*SERVICES) as (bootstrap, platform):
-        extra = [platform.add_replica(name) for name, n in args.processes
-                 for _ in range(n - 1)]
-        if extra:
-            platform.start(*extra)
-            await platform.wait_ready(*extra)
+        await add_processes(platform, args.processes)
         print(f"started a platform for the benchmark: {', '.join(platform.services)}; "
               "Postgres fsync on")
         pids = {key: s.proc.pid for key, s in platform.services.items() if s.proc is not None}

@@ -22,7 +22,7 @@ import uuid
 
 import psutil
 from aiokafka import AIOKafkaProducer
-from common import cpu_seconds, own_running_platform, reference_loop_ms, tail
+from common import add_processes, cpu_seconds, own_running_platform, reference_loop_ms, tail
 
 from loyalty import topics
 
@@ -117,10 +117,7 @@ async def main() -> None:
                         help="ledger processes in the group (at most 6: the partitions)")
     args = parser.parse_args()
     async with own_running_platform("ledger") as (bootstrap, platform):
-        replicas = [platform.add_replica("ledger") for _ in range(args.processes - 1)]
-        if replicas:
-            platform.start(*replicas)
-            await platform.wait_ready(*replicas)  # ready: each holds partitions of the group
+        await add_processes(platform, [("ledger", args.processes)])
         print(f"{args.processes} ledger process(es); this machine now: a reference Python loop "
               f"takes {reference_loop_ms():.0f} ms")
         await latency(bootstrap, args.latency_samples, args.rate)

@@ -48,6 +48,15 @@ async def own_running_platform(*services: str) -> AsyncIterator[tuple[str, Platf
         infra.stop()
 
 
+async def add_processes(platform: Platform, counts: list[tuple[str, int]]) -> None:
+    """Run each named service as that many processes in all (one group, the partitions
+    shared among them), and wait until every added one holds partitions."""
+    extra = [platform.add_replica(name) for name, n in counts for _ in range(n - 1)]
+    if extra:
+        platform.start(*extra)
+        await platform.wait_ready(*extra)
+
+
 async def tail(bootstrap: str, topic: str) -> AIOKafkaConsumer:
     """A reader positioned at the end of `topic`: it sees only what comes next."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest",
