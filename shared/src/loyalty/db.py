@@ -46,11 +46,19 @@ def package_migrations(module_file: str) -> Path:
 
 async def insert_many(conn: asyncpg.Connection, table: str, columns: Sequence[tuple[str, str]],
                       rows: Sequence[Sequence[Any]], suffix: str = "") -> None:
-    """Insert `rows` in ONE statement, in order: one array per column, `unnest`ed. Postgres
-    plans and executes it once, where `executemany` runs the INSERT once per row.
-    `columns` are (name, SQL type); `suffix` is e.g. `ON CONFLICT DO NOTHING`. jsonb values
-    travel as JSON text (a JSON list inside a Postgres array would read as a dimension)."""
+    """Insert `rows` in ONE round trip, in order (identity columns follow the rows' order).
+
+    Without `suffix`, by binary COPY (`copy_records_to_table`): Postgres inserts whole pages
+    at a time and the client encodes each value once, where an `INSERT ... SELECT FROM
+    unnest` spends on both sides (measured: 11 -> 9 us a row of ledger entries, the client's
+    part 2.2 -> 0.8 us). COPY cannot say `ON CONFLICT`: with a `suffix` (e.g. `ON CONFLICT DO
+    NOTHING`) the rows go as one array per column, `unnest`ed, in one statement. `columns`
+    are (name, SQL type); jsonb values are Python objects (the connection's jsonb codec)."""
     if not rows:
+        return
+    if not suffix:
+        await conn.copy_records_to_table(table, records=rows,
+                                         columns=[name for name, _ in columns])
         return
     names = ", ".join(name for name, _ in columns)
     arrays = ", ".join(f"${i}::{'text' if t == 'jsonb' else t}[]"
@@ -58,6 +66,7 @@ async def insert_many(conn: asyncpg.Connection, table: str, columns: Sequence[tu
     aliases = [f"c{i}" for i in range(len(columns))]
     picks = ", ".join(f"{a}::jsonb" if t == "jsonb" else a
                       for a, (_, t) in zip(aliases, columns, strict=True))
+    # A JSON list inside a Postgres array would read as a dimension: jsonb travels as text.
     values = [[_jsonb_text(row[i]) if t == "jsonb" and row[i] is not None else row[i]
                for row in rows] for i, (_, t) in enumerate(columns)]
     await conn.execute(
@@ -124,8 +133,23 @@ async def create_pool(dsn: str, *, size_max: int = 10, schema: str | None = None
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=_jsonb_text, decoder=orjson.loads,
-                              schema="pg_catalog")
+    # Binary, so that COPY (which speaks only binary here) can write jsonb columns too: the
+    # binary form is a version byte, then the JSON text.
+    await conn.set_type_codec("jsonb", encoder=_jsonb_binary, decoder=_jsonb_from_binary,
+                              schema="pg_catalog", format="binary")
+
+
+JSONB_VERSION = b"\x01"
+
+
+def _jsonb_binary(value: Any) -> bytes:
+    return JSONB_VERSION + orjson.dumps(value)
+
+
+def _jsonb_from_binary(data: bytes) -> Any:
+    if data[:1] != JSONB_VERSION:
+        raise ValueError(f"unknown jsonb binary version {data[:1]!r}")
+    return orjson.loads(data[1:])
 
 
 def _jsonb_text(value: Any) -> str:

@@ -5,8 +5,24 @@ from __future__ import annotations
 from datetime import datetime
 
 import asyncpg
+from loyalty.db import insert_many
 
 from ledger.domain.model import PROGRAM_ACCOUNTS, Book, Changes, Hold, Lot, Movement
+
+
+# The columns each bulk insert writes (binary COPY: `insert_many`).
+LOT_COLUMNS = (("lot_id", "bigint"), ("program_id", "text"), ("member_id", "text"),
+               ("command_id", "text"), ("points", "bigint"), ("remaining", "bigint"),
+               ("earned_at", "timestamptz"), ("expires_at", "timestamptz"))
+LOT_MOVE_COLUMNS = (("command_id", "text"), ("lot_id", "bigint"), ("points", "bigint"))
+ENTRY_COLUMNS = (("program_id", "text"), ("account_id", "text"), ("command_id", "text"),
+                 ("type", "text"), ("points", "bigint"), ("balance_after", "bigint"),
+                 ("reason", "text"), ("source_kind", "text"), ("source_id", "text"),
+                 ("occurred_at", "timestamptz"))
+MOVEMENT_COLUMNS = (("command_id", "text"), ("program_id", "text"), ("member_id", "text"),
+                    ("type", "text"), ("points", "bigint"), ("owed", "bigint"),
+                    ("reversed", "bigint"), ("counter_account", "text"), ("lot_id", "bigint"),
+                    ("occurred_at", "timestamptz"))
 
 
 class LedgerRepository:
@@ -96,17 +112,11 @@ class LedgerRepository:
     async def persist(self, changes: Changes) -> None:
         c = self.conn
         if changes.new_lots:
-            lots = [lot for _, lot in changes.new_lots]
-            await c.execute(
-                "INSERT INTO lots (lot_id, program_id, member_id, command_id, points, remaining,"
-                " earned_at, expires_at) OVERRIDING SYSTEM VALUE"
-                " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],"
-                " $5::bigint[], $6::bigint[], $7::timestamptz[], $8::timestamptz[])",
-                [lot.lot_id for lot in lots],
-                [b.program_id for b, _ in changes.new_lots],
-                [b.member_id for b, _ in changes.new_lots], [lot.command_id for lot in lots],
-                [lot.points for lot in lots], [lot.remaining for lot in lots],
-                [lot.earned_at for lot in lots], [lot.expires_at for lot in lots])
+            # COPY writes the lot ids the domain chose (as OVERRIDING SYSTEM VALUE would).
+            await insert_many(c, "lots", LOT_COLUMNS, [
+                (lot.lot_id, book.program_id, book.member_id, lot.command_id, lot.points,
+                 lot.remaining, lot.earned_at, lot.expires_at)
+                for book, lot in changes.new_lots])
         if changes.touched_lots:
             lots = list(changes.touched_lots.values())
             await c.execute(
@@ -114,23 +124,12 @@ class LedgerRepository:
                 " AS t(lot_id, remaining) WHERE lots.lot_id = t.lot_id",
                 [lot.lot_id for lot in lots], [lot.remaining for lot in lots])
         if changes.lot_moves:
-            await c.execute(
-                "INSERT INTO lot_moves (command_id, lot_id, points)"
-                " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])",
-                *map(list, zip(*changes.lot_moves, strict=True)))
+            await insert_many(c, "lot_moves", LOT_MOVE_COLUMNS, changes.lot_moves)
         if changes.entries:
-            e = changes.entries
-            await c.execute(
-                "INSERT INTO entries (program_id, account_id, command_id, type, points,"
-                " balance_after, reason, source_kind, source_id, occurred_at)"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
-                " $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[],"
-                " $10::timestamptz[])",
-                [x.program_id for x in e], [x.account_id for x in e],
-                [x.command_id for x in e], [x.type for x in e], [x.points for x in e],
-                [x.balance_after for x in e], [x.reason for x in e],
-                [x.source_kind for x in e], [x.source_id for x in e],
-                [x.occurred_at for x in e])
+            await insert_many(c, "entries", ENTRY_COLUMNS, [
+                (x.program_id, x.account_id, x.command_id, x.type, x.points, x.balance_after,
+                 x.reason, x.source_kind, x.source_id, x.occurred_at)
+                for x in changes.entries])
         if changes.touched_holds:
             holds = list(changes.touched_holds.values())
             await c.execute(
@@ -148,17 +147,10 @@ class LedgerRepository:
                 [h.settled_by for _, h in holds], [h.reason for _, h in holds],
                 [h.source_kind for _, h in holds], [h.source_id for _, h in holds])
         if changes.new_movements:
-            m = changes.new_movements
-            await c.execute(
-                "INSERT INTO movements (command_id, program_id, member_id, type, points, owed,"
-                " reversed, counter_account, lot_id, occurred_at)"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
-                " $5::bigint[], $6::bigint[], $7::bigint[], $8::text[], $9::bigint[],"
-                " $10::timestamptz[])",
-                [x.command_id for x in m], [x.program_id for x in m],
-                [x.member_id for x in m], [x.type for x in m], [x.points for x in m],
-                [x.owed for x in m], [x.reversed for x in m], [x.counter_account for x in m],
-                [x.lot_id for x in m], [x.occurred_at for x in m])
+            await insert_many(c, "movements", MOVEMENT_COLUMNS, [
+                (x.command_id, x.program_id, x.member_id, x.type, x.points, x.owed, x.reversed,
+                 x.counter_account, x.lot_id, x.occurred_at)
+                for x in changes.new_movements])
         if changes.reversed_movements:
             await c.execute(
                 "UPDATE movements SET reversed = t.reversed"

@@ -1,0 +1,118 @@
+"""The checks that replaced per-row foreign keys on the hot tables (ledger entries and lots,
+earn's orders) refuse what the foreign keys refused, and the rows they name stay put."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from loyalty.db import insert_many
+from loyalty.testing import scratch_service_db
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[3]
+AT = datetime(2026, 10, 20, 10, 0, tzinfo=UTC)
+ENTRY = (("program_id", "text"), ("account_id", "text"), ("command_id", "text"),
+         ("type", "text"), ("points", "bigint"), ("balance_after", "bigint"), ("reason", "text"),
+         ("source_kind", "text"), ("source_id", "text"), ("occurred_at", "timestamptz"))
+LOT = (("program_id", "text"), ("member_id", "text"), ("command_id", "text"),
+       ("points", "bigint"), ("remaining", "bigint"), ("earned_at", "timestamptz"))
+ORDER = (("program_id", "text"), ("order_id", "text"), ("event_id", "text"),
+         ("member_id", "text"), ("program_version", "integer"), ("channel", "text"),
+         ("currency", "text"), ("total", "numeric"), ("points", "integer"),
+         ("breakdown", "jsonb"), ("occurred_at", "timestamptz"))
+
+
+@pytest_asyncio.fixture(scope="module")
+async def ledger(infra) -> AsyncIterator[asyncpg.Pool]:
+    async with scratch_service_db(infra.pg_dsn, "ledger",
+                                  ROOT / "services/ledger/migrations") as (_, pool):
+        await pool.execute("INSERT INTO accounts (program_id, account_id, kind) VALUES"
+                           " ('p1', 'm1', 'member'), ('p1', '@issued', 'issued')")
+        yield pool
+
+
+@pytest_asyncio.fixture(scope="module")
+async def earn(infra) -> AsyncIterator[asyncpg.Pool]:
+    async with scratch_service_db(infra.pg_dsn, "earn",
+                                  ROOT / "services/earn/migrations") as (_, pool):
+        await pool.execute(
+            "INSERT INTO program_versions (program_id, version, content_hash, definition)"
+            " VALUES ('p1', 1, 'h', '{}');"
+            "INSERT INTO members (member_id, program_id, locale, enrolled_at)"
+            " VALUES ('m1', 'p1', 'en', now())")
+        yield pool
+
+
+def entry(account_id: str, command_id: str, points: int) -> tuple:
+    return ("p1", account_id, command_id, "points.credited", points, None, "r", "order", "o",
+            AT)
+
+
+def order(order_id: str, member_id: str = "m1", version: int = 1) -> tuple:
+    return ("p1", order_id, f"ev-{order_id}", member_id, version, "pos", "EUR", 10, 100,
+            [{"rule": "base"}], AT)
+
+
+async def insert(pool: asyncpg.Pool, table: str, columns, rows) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await insert_many(conn, table, columns, rows)
+
+
+async def test_a_batch_naming_one_missing_account_is_refused_whole(ledger) -> None:
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="program p1, account m2"):
+        await insert(ledger, "entries", ENTRY,
+                     [entry("m1", "c1", 5), entry("@issued", "c1", -5), entry("m2", "c2", 5)])
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="program p1, member ghost"):
+        await insert(ledger, "lots", LOT, [("p1", "m1", "c3", 5, 5, AT),
+                                           ("p1", "ghost", "c4", 5, 5, AT)])
+    assert await ledger.fetchval("SELECT count(*) FROM entries") == 0
+    assert await ledger.fetchval("SELECT count(*) FROM lots") == 0
+
+
+async def test_rows_naming_existing_accounts_go_in(ledger) -> None:
+    await insert(ledger, "entries", ENTRY, [entry("m1", "c5", 5), entry("@issued", "c5", -5)])
+    await insert(ledger, "lots", LOT, [("p1", "m1", "c5", 5, 5, AT)])
+    assert await ledger.fetchval("SELECT sum(points) FROM entries WHERE command_id = 'c5'") == 0
+    await ledger.execute("UPDATE lots SET remaining = 2 WHERE command_id = 'c5'")
+
+
+@pytest.mark.parametrize("statement", [
+    "DELETE FROM accounts WHERE account_id = 'm1'",
+    "UPDATE accounts SET account_id = 'm9' WHERE account_id = 'm1'",
+    "TRUNCATE accounts CASCADE",
+    "UPDATE lots SET member_id = '@issued'",
+])
+async def test_what_the_checks_rely_on_cannot_change(ledger, statement: str) -> None:
+    with pytest.raises(asyncpg.RestrictViolationError):
+        await ledger.execute(statement)
+
+
+async def test_an_order_needs_its_member_and_program_version(earn) -> None:
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="names no member"):
+        await insert(earn, "orders", ORDER, [order("A-1"), order("A-2", member_id="m2")])
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="names no program version"):
+        await insert(earn, "orders", ORDER, [order("A-3", version=2)])
+    await insert(earn, "orders", ORDER, [order("A-4")])
+    assert await earn.fetchval("SELECT array_agg(order_id) FROM orders") == ["A-4"]
+    assert await earn.fetchval("SELECT breakdown FROM orders") == [{"rule": "base"}]
+
+
+@pytest.mark.parametrize("statement", [
+    "DELETE FROM members",
+    "UPDATE members SET member_id = 'm9'",
+    "TRUNCATE members CASCADE",
+    "DELETE FROM program_versions",
+    "UPDATE program_versions SET version = 7",
+    "TRUNCATE program_versions CASCADE",
+    "UPDATE orders SET member_id = 'm9'",
+])
+async def test_what_the_order_checks_rely_on_cannot_change(earn, statement: str) -> None:
+    with pytest.raises(asyncpg.RestrictViolationError):
+        await earn.execute(statement)
