@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 import asyncpg
-from loyalty.db import insert_many
 
 from ledger.domain.model import PROGRAM_ACCOUNTS, Book, Changes, Hold, Lot, Movement
-
+from loyalty.db import insert_many
 
 # The columns each bulk insert writes (binary COPY: `insert_many`).
 LOT_COLUMNS = (("lot_id", "bigint"), ("program_id", "text"), ("member_id", "text"),
