@@ -42,6 +42,11 @@ AWARD_COLUMNS = (("event_id", "text"), ("program_id", "text"), ("member_id", "te
 SKIPPED_COLUMNS = (("event_id", "text"), ("program_id", "text"), ("reason_code", "text"),
                    ("reason", "text"), ("occurred_at", "timestamptz"))
 
+# What a batch reads of an order: not its breakdown (jsonb, decoded for nothing: a member's
+# orders of the last 12 months are read for every purchase, to know their tier).
+ORDER_READ = ("program_id, order_id, event_id, member_id, program_version, total, points,"
+              " returned_amount, points_reversed, occurred_at")
+
 _MISSING = object()
 
 
@@ -104,7 +109,7 @@ class BatchEarnRepository:
             repo.identifiers[(r["program_id"], r["kind"], r["value"])] = r["member_id"]
         keys = list(set(orders))
         order_rows = await conn.fetch(
-            "SELECT * FROM orders WHERE (program_id, order_id) IN"
+            f"SELECT {ORDER_READ} FROM orders WHERE (program_id, order_id) IN"
             " (SELECT * FROM unnest($1::text[], $2::text[]))",
             [p for p, _ in keys], [o for _, o in keys])
         member_ids = set(repo.identifiers.values()) | {r["member_id"] for r in order_rows}
@@ -117,7 +122,8 @@ class BatchEarnRepository:
             repo.tiers[r["member_id"]] = r["tier_id"]
         since = earliest - TIER_WINDOW
         recent = await conn.fetch(
-            "SELECT * FROM orders WHERE member_id = ANY($1::text[]) AND occurred_at >= $2",
+            f"SELECT {ORDER_READ} FROM orders WHERE member_id = ANY($1::text[])"
+            " AND occurred_at >= $2",
             list(member_ids), since)
         for r in [*order_rows, *recent]:
             key = (r["program_id"], r["order_id"])
