@@ -24,12 +24,12 @@ Conventions:
 from __future__ import annotations
 
 import functools
-import json
 import string
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -530,8 +530,11 @@ def build_notification(
 
 def notification_id(template: str, channel: str, fact_id: str) -> str:
     """The stable id of the notification about `fact_id` by `template` on `channel`."""
-    # JSON keeps the parts apart: ("a:b", "c") and ("a", "b:c") must not collide.
-    return uuid5_text(NOTIFICATION_NAMESPACE, json.dumps([template, channel, fact_id]))
+    # JSON keeps the parts apart: ("a:b", "c") and ("a", "b:c") must not collide. These are
+    # the bytes json.dumps([template, channel, fact_id]) writes, without its encoder's set-up
+    # (ids already sent must not change: a unit test compares the two).
+    parts = ", ".join(map(encode_basestring_ascii, (template, channel, fact_id)))
+    return uuid5_text(NOTIFICATION_NAMESPACE, f"[{parts}]")
 
 
 def choose_channel(
@@ -596,9 +599,18 @@ def _format_value(value: Any, lang: str, tz: str | None) -> str:
 
 def _point_word(count: Any, lang: str) -> str:
     forms = _POINT_WORDS[lang]
-    # CLDR rules look at the magnitude: -1 takes the same word as 1.
-    category = _babel_locale(lang).plural_form(abs(count)) if _is_number(count) else "other"
+    if isinstance(count, int) and not isinstance(count, bool):
+        category = _plural_of_int(abs(count), lang)
+    else:  # CLDR rules look at the magnitude: -1 takes the same word as 1.
+        category = _babel_locale(lang).plural_form(abs(count)) if _is_number(count) else "other"
     return forms.get(category, forms["other"])
+
+
+@functools.lru_cache(maxsize=16_384)
+def _plural_of_int(count: int, lang: str) -> str:
+    """The CLDR plural category of a count: babel evaluates the rule's ranges each time (two
+    counts a message, the same few thousand numbers again and again)."""
+    return _babel_locale(lang).plural_form(count)
 
 
 @functools.lru_cache(maxsize=16_384)

@@ -6,12 +6,17 @@ numbers and words formatted for the locale, and ids stable per business fact."""
 
 from __future__ import annotations
 
+import json
 import string
 import uuid
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
+from babel import Locale
+from hypothesis import given
+from hypothesis import strategies as st
 
+from loyalty import notifications
 from loyalty.notifications import (
     CHANNELS,
     LOCALES,
@@ -299,3 +304,19 @@ def test_build_notification_rejects_what_a_sender_could_not_use():
 )
 def test_choose_channel(preferred, phone, email, expected):
     assert choose_channel(preferred, phone, email) == expected
+
+
+@given(st.text(), st.sampled_from(["sms", "email"]), st.text())
+def test_notification_ids_are_those_of_the_json_formula(template, channel, fact_id):
+    # Ids already sent must not change with the faster formatting of their name.
+    name = json.dumps([template, channel, fact_id])
+    assert notifications.notification_id(template, channel, fact_id) == str(
+        uuid.uuid5(notifications.NOTIFICATION_NAMESPACE, name))
+
+
+@given(st.integers(min_value=-10**12, max_value=10**12),
+       st.sampled_from(sorted(notifications._POINT_WORDS)))
+def test_the_cached_plural_category_is_babels(count, lang):
+    forms = notifications._POINT_WORDS[lang]
+    expected = Locale.parse(lang).plural_form(abs(count))
+    assert notifications._point_word(count, lang) == forms.get(expected, forms["other"])
