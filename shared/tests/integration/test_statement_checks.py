@@ -1,5 +1,6 @@
 """The checks that replaced per-row foreign keys on the hot tables (ledger entries and lots,
-earn's orders) refuse what the foreign keys refused, and the rows they name stay put."""
+earn's orders and identifiers) refuse what the foreign keys refused, and the rows they name
+stay put."""
 
 from __future__ import annotations
 
@@ -102,6 +103,17 @@ async def test_an_order_needs_its_member_and_program_version(earn) -> None:
     await insert(earn, "orders", ORDER, [order("A-4")])
     assert await earn.fetchval("SELECT array_agg(order_id) FROM orders") == ["A-4"]
     assert await earn.fetchval("SELECT breakdown FROM orders") == [{"rule": "base"}]
+
+
+async def test_an_identifier_needs_its_member(earn) -> None:
+    columns = (("program_id", "text"), ("kind", "text"), ("value", "text"),
+               ("member_id", "text"), ("linked_at", "timestamptz"))
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="phone identifier names no"):
+        await insert(earn, "identifiers", columns, [("p1", "phone", "+1", "m1", AT),
+                                                    ("p1", "phone", "+2", "m2", AT)])
+    await insert(earn, "identifiers", columns, [("p1", "phone", "+1", "m1", AT)])
+    with pytest.raises(asyncpg.RestrictViolationError):
+        await earn.execute("UPDATE identifiers SET member_id = 'm1'")
 
 
 @pytest.mark.parametrize("statement", [
