@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -46,6 +47,8 @@ async def own_running_platform(*services: str) -> AsyncIterator[tuple[str, Platf
     finally:
         platform.stop()
         infra.stop()
+        # Its Postgres data and logs: hundreds of MiB a run, of no use once it has stopped.
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def add_processes(platform: Platform, counts: list[tuple[str, int]]) -> None:
