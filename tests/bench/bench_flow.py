@@ -302,7 +302,7 @@ async def pg_profile(pg_dsn: str) -> None:
         rows = await conn.fetch(
             "SELECT calls, round(total_exec_time)::bigint AS ms, rows,"
             " left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS query"
-            " FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12")
+            " FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 30")
         tables = await conn.fetch(
             "SELECT schemaname || '.' || relname AS t, n_tup_ins AS ins, n_tup_upd AS upd,"
             " n_tup_del AS del FROM pg_stat_user_tables"
