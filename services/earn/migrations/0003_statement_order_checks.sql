@@ -2,18 +2,11 @@
 -- member: checked once per statement, not once per row (the ledger's
 -- 0004_statement_account_checks.sql says why; an order had two foreign keys, and a new
 -- member's identifier took 21 us a row to insert with its own). Members and program versions
--- are permanent (`refuse_change`), so nothing can outrun the checks; the error is a
+-- are permanent (`make_permanent`), so nothing can outrun the checks; the error is a
 -- foreign_key_violation, as a foreign key's was.
 
-CREATE TRIGGER members_permanent BEFORE DELETE OR UPDATE OF member_id ON members
-    FOR EACH ROW EXECUTE FUNCTION refuse_change();
-CREATE TRIGGER members_not_truncated BEFORE TRUNCATE ON members
-    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
-CREATE TRIGGER program_versions_permanent
-    BEFORE DELETE OR UPDATE OF program_id, version ON program_versions
-    FOR EACH ROW EXECUTE FUNCTION refuse_change();
-CREATE TRIGGER program_versions_not_truncated BEFORE TRUNCATE ON program_versions
-    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+SELECT make_permanent('members', 'member_id');
+SELECT make_permanent('program_versions', 'program_id, version');
 
 CREATE OR REPLACE FUNCTION rows_name_members() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE

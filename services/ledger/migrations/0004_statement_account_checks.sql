@@ -6,14 +6,11 @@
 -- by COPY: 9.4 -> 6.8 us a row; a one-row statement costs what it did with the foreign key,
 -- since its query is static and planned once per connection). The foreign key's lock guarded
 -- the account against a concurrent delete or key change; accounts are permanent instead
--- (`refuse_change`, shared/src/loyalty/sql/0000_permanent_rows.sql), so nothing can outrun the
+-- (`make_permanent`, shared/src/loyalty/sql/0000_permanent_rows.sql), so nothing can outrun the
 -- check. The error is a foreign_key_violation, as before: the batch is replayed a command per
 -- savepoint.
 
-CREATE TRIGGER accounts_permanent BEFORE DELETE OR UPDATE OF program_id, account_id ON accounts
-    FOR EACH ROW EXECUTE FUNCTION refuse_change();
-CREATE TRIGGER accounts_not_truncated BEFORE TRUNCATE ON accounts
-    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+SELECT make_permanent('accounts', 'program_id, account_id');
 
 CREATE OR REPLACE FUNCTION rows_name_accounts() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
