@@ -599,10 +599,11 @@ def _format_value(value: Any, lang: str, tz: str | None) -> str:
 
 def _point_word(count: Any, lang: str) -> str:
     forms = _POINT_WORDS[lang]
-    if isinstance(count, int) and not isinstance(count, bool):
-        category = _plural_of_int(abs(count), lang)
-    else:  # CLDR rules look at the magnitude: -1 takes the same word as 1.
-        category = _babel_locale(lang).plural_form(abs(count)) if _is_number(count) else "other"
+    if not _is_number(count):
+        return forms["other"]
+    magnitude = abs(count)  # CLDR rules look at the magnitude: -1 takes the same word as 1
+    category = (_plural_of_int(magnitude, lang) if isinstance(magnitude, int)
+                else _babel_locale(lang).plural_form(magnitude))
     return forms.get(category, forms["other"])
 
 
