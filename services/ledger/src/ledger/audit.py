@@ -56,14 +56,22 @@ CHECKS: tuple[Check, ...] = (
               FROM entries e JOIN accounts a USING (program_id, account_id)
               WHERE a.kind = 'member') x
         WHERE balance_after IS DISTINCT FROM running"""),
-    Check("program_entries_sum_to_zero", """
-        SELECT format('program %s: its entries sum to %s, not 0 (double entry broken)',
-                      program_id, sum(points))
-        FROM entries GROUP BY program_id HAVING sum(points) <> 0"""),
-    Check("command_entries_sum_to_zero", """
-        SELECT format('%s: command %s has entries summing to %s, not 0 (no counter-entry)',
-                      program_id, command_id, sum(points))
-        FROM entries GROUP BY program_id, command_id HAVING sum(points) <> 0"""),
+    Check("transfers_between_member_and_program", """
+        SELECT format('%s: entry %s of command %s moves points between %s and %s, not between'
+                      ' a member and a program account',
+                      e.program_id, e.entry_id, e.command_id, e.account_id, e.counter_account)
+        FROM entries e
+        LEFT JOIN accounts m ON m.program_id = e.program_id AND m.account_id = e.account_id
+        LEFT JOIN accounts p ON p.program_id = e.program_id AND p.account_id = e.counter_account
+        WHERE m.kind IS DISTINCT FROM 'member' OR p.kind IS NULL OR p.kind = 'member'"""),
+    Check("entries_match_their_movement", """
+        SELECT format('%s: entry %s of command %s (%s, %s) matches no movement',
+                      e.program_id, e.entry_id, e.command_id, e.account_id, e.counter_account)
+        FROM entries e
+        WHERE NOT EXISTS (SELECT 1 FROM movements m
+                          WHERE m.command_id = e.command_id AND m.program_id = e.program_id
+                            AND m.member_id = e.account_id
+                            AND m.counter_account = e.counter_account)"""),
     Check("lots_add_up_to_balance", """
         SELECT format('%s/%s: balance %s, but its lots hold %s',
                       a.program_id, a.account_id, a.balance, coalesce(l.remaining, 0))

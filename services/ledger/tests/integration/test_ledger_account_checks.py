@@ -1,6 +1,7 @@
 """The statement-level checks that replaced the per-row foreign keys of entries and lots
-(0004_statement_account_checks.sql) refuse what the foreign keys refused, and the accounts
-they rely on stay put (real PostgreSQL, the rows written as the repository writes them)."""
+(0004_statement_account_checks.sql; for entries, both sides of the transfer since
+0005_entries_are_transfers.sql) refuse what the foreign keys refused, and the accounts they
+rely on stay put (real PostgreSQL, the rows written as the repository writes them)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ async def ledger(infra) -> AsyncIterator[asyncpg.Pool]:
         yield pool
 
 
-def entry(account_id: str, command_id: str, points: int) -> tuple:
-    return ("p1", account_id, command_id, "points.credited", points, None, "r", "order", "o",
-            AT)
+def entry(account_id: str, command_id: str, points: int, counter: str = "@issued") -> tuple:
+    return ("p1", account_id, counter, command_id, "points.credited", points, points, "r",
+            "order", "o", AT)
 
 
 def lot(lot_id: int, member_id: str, command_id: str) -> tuple:
@@ -47,11 +48,15 @@ async def insert(pool: asyncpg.Pool, table: str, columns, rows) -> None:
 
 
 async def test_a_batch_naming_one_missing_account_is_refused_whole(ledger) -> None:
-    missing_account = r"entries names no account \(program p1, account m2\)"
-    with pytest.raises(asyncpg.ForeignKeyViolationError, match=missing_account):
+    missing_member = r"entries names no member account \(program p1, account m2\)"
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match=missing_member):
         await insert(ledger, "entries", ENTRY_COLUMNS,
-                     [entry("m1", "c1", 5), entry("@issued", "c1", -5), entry("m2", "c2", 5)])
-    missing_owner = r"lots names no account \(program p1, account ghost\)"
+                     [entry("m1", "c1", 5), entry("m2", "c2", 5)])
+    missing_counter = r"entries names no program account \(program p1, account @redeemed\)"
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match=missing_counter):
+        await insert(ledger, "entries", ENTRY_COLUMNS,
+                     [entry("m1", "c1", 5), entry("m1", "c2", -5, counter="@redeemed")])
+    missing_owner = r"lots names no member account \(program p1, account ghost\)"
     with pytest.raises(asyncpg.ForeignKeyViolationError, match=missing_owner):
         await insert(ledger, "lots", LOT_COLUMNS, [lot(103, "m1", "c3"), lot(104, "ghost", "c4")])
     assert await ledger.fetchval(
@@ -60,11 +65,22 @@ async def test_a_batch_naming_one_missing_account_is_refused_whole(ledger) -> No
         "SELECT count(*) FROM lots WHERE command_id IN ('c3', 'c4')") == 0
 
 
+@pytest.mark.parametrize(("account", "counter"), [
+    ("@issued", "@issued"),  # the program on both sides
+    ("@issued", "m1"),  # the sides swapped
+    ("m1", "m1"),  # a member on both sides
+])
+async def test_a_transfer_runs_between_a_member_and_a_program_account(
+        ledger, account: str, counter: str) -> None:
+    with pytest.raises((asyncpg.ForeignKeyViolationError, asyncpg.CheckViolationError)):
+        await insert(ledger, "entries", ENTRY_COLUMNS, [entry(account, "c6", 5, counter)])
+
+
 async def test_rows_naming_existing_accounts_go_in(ledger) -> None:
-    await insert(ledger, "entries", ENTRY_COLUMNS,
-                 [entry("m1", "c5", 5), entry("@issued", "c5", -5)])
+    await insert(ledger, "entries", ENTRY_COLUMNS, [entry("m1", "c5", 5)])
     await insert(ledger, "lots", LOT_COLUMNS, [lot(105, "m1", "c5")])
-    assert await ledger.fetchval("SELECT sum(points) FROM entries WHERE command_id = 'c5'") == 0
+    assert await ledger.fetchval(
+        "SELECT counter_account FROM entries WHERE command_id = 'c5'") == "@issued"
     await ledger.execute("UPDATE lots SET remaining = 2 WHERE command_id = 'c5'")
 
 

@@ -14,10 +14,10 @@ LOT_COLUMNS = (("lot_id", "bigint"), ("program_id", "text"), ("member_id", "text
                ("command_id", "text"), ("points", "bigint"), ("remaining", "bigint"),
                ("earned_at", "timestamptz"), ("expires_at", "timestamptz"))
 LOT_MOVE_COLUMNS = (("command_id", "text"), ("lot_id", "bigint"), ("points", "bigint"))
-ENTRY_COLUMNS = (("program_id", "text"), ("account_id", "text"), ("command_id", "text"),
-                 ("type", "text"), ("points", "bigint"), ("balance_after", "bigint"),
-                 ("reason", "text"), ("source_kind", "text"), ("source_id", "text"),
-                 ("occurred_at", "timestamptz"))
+ENTRY_COLUMNS = (("program_id", "text"), ("account_id", "text"), ("counter_account", "text"),
+                 ("command_id", "text"), ("type", "text"), ("points", "bigint"),
+                 ("balance_after", "bigint"), ("reason", "text"), ("source_kind", "text"),
+                 ("source_id", "text"), ("occurred_at", "timestamptz"))
 MOVEMENT_COLUMNS = (("command_id", "text"), ("program_id", "text"), ("member_id", "text"),
                     ("type", "text"), ("points", "bigint"), ("owed", "bigint"),
                     ("reversed", "bigint"), ("counter_account", "text"), ("lot_id", "bigint"),
@@ -97,9 +97,10 @@ class LedgerRepository:
     async def allocate_lot_ids(self, count: int) -> list[int]:
         if count == 0:
             return []
+        # The identity's sequence by name: `pg_get_serial_sequence` in the select list was a
+        # catalog lookup per id (measured: 20,000 ids in 142-156 ms, against 14).
         rows = await self.conn.fetch(
-            "SELECT nextval(pg_get_serial_sequence('lots', 'lot_id')) AS id"
-            " FROM generate_series(1, $1)", count)
+            "SELECT nextval('lots_lot_id_seq') AS id FROM generate_series(1, $1)", count)
         return [r["id"] for r in rows]
 
     async def due_holds(self, now: datetime, limit: int) -> list[tuple[str, str]]:
@@ -126,8 +127,8 @@ class LedgerRepository:
             await insert_many(c, "lot_moves", LOT_MOVE_COLUMNS, changes.lot_moves)
         if changes.entries:
             await insert_many(c, "entries", ENTRY_COLUMNS, [
-                (x.program_id, x.account_id, x.command_id, x.type, x.points, x.balance_after,
-                 x.reason, x.source_kind, x.source_id, x.occurred_at)
+                (x.program_id, x.account_id, x.counter_account, x.command_id, x.type, x.points,
+                 x.balance_after, x.reason, x.source_kind, x.source_id, x.occurred_at)
                 for x in changes.entries])
         if changes.touched_holds:
             holds = list(changes.touched_holds.values())

@@ -4,9 +4,10 @@ No I/O. The handlers load the books a batch touches, apply its commands here one
 persist the `Changes` in bulk. Every function checks first and mutates after, so a refused
 command leaves the book untouched.
 
-Spending takes lots soonest-expiring first (never-expiring last), then oldest first. Program
-accounts (`@issued`, `@redeemed`, `@expired`, `@adjusted`) take the other side of each
-member movement, so the entries of a program sum to zero.
+Spending takes lots soonest-expiring first (never-expiring last), then oldest first. Every
+entry is a transfer between the member's account and a program account (`@issued`,
+`@redeemed`, `@expired`, `@adjusted`) that takes the other side, so the entries of a program
+sum to zero by construction.
 """
 
 from __future__ import annotations
@@ -107,11 +108,15 @@ class Book:
 
 @dataclass(frozen=True)
 class Entry:
+    """A transfer: `points` to the member's account (negative: from it), `-points` to
+    `counter_account`, the program's account on the other side."""
+
     program_id: str
     account_id: str
+    counter_account: str
     type: str
     points: int
-    balance_after: int | None
+    balance_after: int
     command_id: str
     occurred_at: datetime
     reason: str
@@ -380,13 +385,11 @@ class Ledger:
 
     def _entries(self, book: Book, c: AnyCommand, type_: str, points: int, counter: str,
                  reason: str | None = None) -> None:
-        """The member's entry (after the balance changed) and the program's counter-entry."""
-        why = reason or c.reason
-        for account, signed, after in ((book.member_id, points, book.balance),
-                                       (counter, -points, None)):
-            self.changes.entries.append(Entry(book.program_id, account, type_, signed, after,
-                                              c.command_id,
-                                              c.occurred_at, why, c.source.kind, c.source.id))
+        """The transfer between the member (after the balance changed) and the program's
+        counter account: both sides of the double entry in one row."""
+        self.changes.entries.append(Entry(book.program_id, book.member_id, counter, type_,
+                                          points, book.balance, c.command_id, c.occurred_at,
+                                          reason or c.reason, c.source.kind, c.source.id))
         self._touch(book)
 
     def _movement(self, book: Book, c: AnyCommand, type_: str, points: int, counter: str, *,
