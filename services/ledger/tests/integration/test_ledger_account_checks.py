@@ -48,7 +48,7 @@ async def insert(pool: asyncpg.Pool, table: str, columns, rows) -> None:
 
 
 async def test_a_batch_naming_one_missing_account_is_refused_whole(ledger) -> None:
-    missing_member = r"entries names no member account \(program p1, account m2\)"
+    missing_member = r"entries names no account \(program p1, account m2\)"
     with pytest.raises(asyncpg.ForeignKeyViolationError, match=missing_member):
         await insert(ledger, "entries", ENTRY_COLUMNS,
                      [entry("m1", "c1", 5), entry("m2", "c2", 5)])
@@ -56,7 +56,7 @@ async def test_a_batch_naming_one_missing_account_is_refused_whole(ledger) -> No
     with pytest.raises(asyncpg.ForeignKeyViolationError, match=missing_counter):
         await insert(ledger, "entries", ENTRY_COLUMNS,
                      [entry("m1", "c1", 5), entry("m1", "c2", -5, counter="@redeemed")])
-    missing_owner = r"lots names no member account \(program p1, account ghost\)"
+    missing_owner = r"lots names no account \(program p1, account ghost\)"
     with pytest.raises(asyncpg.ForeignKeyViolationError, match=missing_owner):
         await insert(ledger, "lots", LOT_COLUMNS, [lot(103, "m1", "c3"), lot(104, "ghost", "c4")])
     assert await ledger.fetchval(
@@ -69,7 +69,7 @@ async def test_a_batch_naming_one_missing_account_is_refused_whole(ledger) -> No
     ("@issued", "@issued"),  # the program on both sides
     ("@issued", "m1"),  # the sides swapped
     ("m1", "m1"),  # a member on both sides
-])
+])  # (a program account on the member's side alone: `program_rows_static`, as before)
 async def test_a_transfer_runs_between_a_member_and_a_program_account(
         ledger, account: str, counter: str) -> None:
     with pytest.raises((asyncpg.ForeignKeyViolationError, asyncpg.CheckViolationError)):
