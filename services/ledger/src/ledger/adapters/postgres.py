@@ -35,25 +35,25 @@ class LedgerRepository:
         """Accounts (created on first use), open lots and relevant holds of these members.
 
         The account rows are locked in key order until the transaction ends, so two
-        transactions touching the same members queue instead of deadlocking."""
+        transactions touching the same members queue instead of deadlocking. Only the
+        members not found are inserted: most of a batch's members have an account already,
+        and an upsert of every key cost a conflict check each."""
+        found = await self._lock_accounts(keys)
+        missing = [k for k in keys if k not in found]
         programs = sorted({p for p, _ in keys})
         await self.conn.execute(
             "INSERT INTO accounts (program_id, account_id, kind)"
             " SELECT * FROM unnest($1::text[], $2::text[], $3::text[])"
             " ON CONFLICT DO NOTHING",
-            [p for p, _ in keys] + [p for p in programs for _ in PROGRAM_ACCOUNTS],
-            [m for _, m in keys] + [a for _ in programs for a in PROGRAM_ACCOUNTS],
-            ["member"] * len(keys) + [k for _ in programs for k in PROGRAM_ACCOUNTS.values()])
+            [p for p, _ in missing] + [p for p in programs for _ in PROGRAM_ACCOUNTS],
+            [m for _, m in missing] + [a for _ in programs for a in PROGRAM_ACCOUNTS],
+            ["member"] * len(missing) + [k for _ in programs for k in PROGRAM_ACCOUNTS.values()])
+        if missing:
+            found |= await self._lock_accounts(missing)
+        books = {key: Book(r["program_id"], r["account_id"], r["balance"], r["reserved"],
+                           r["owed"], last_activity_at=r["last_activity_at"])
+                 for key, r in found.items()}
         program_ids, member_ids = [p for p, _ in keys], [m for _, m in keys]
-        rows = await self.conn.fetch(
-            "SELECT program_id, account_id, balance, reserved, owed, last_activity_at"
-            " FROM accounts WHERE (program_id, account_id) IN"
-            " (SELECT * FROM unnest($1::text[], $2::text[]))"
-            " ORDER BY program_id, account_id FOR UPDATE",
-            program_ids, member_ids)
-        books = {(r["program_id"], r["account_id"]): Book(
-            r["program_id"], r["account_id"], r["balance"], r["reserved"], r["owed"],
-            last_activity_at=r["last_activity_at"]) for r in rows}
         for r in await self.conn.fetch(
                 "SELECT lot_id, program_id, member_id, points, remaining, earned_at, expires_at,"
                 " command_id FROM lots WHERE remaining > 0 AND (program_id, member_id) IN"
@@ -70,6 +70,16 @@ class LedgerRepository:
                     r["reason"], r["source_kind"], r["source_id"], r["settled_at"],
                     r["settled_by"])
         return books
+
+    async def _lock_accounts(self, keys: list[tuple[str, str]]
+                             ) -> dict[tuple[str, str], asyncpg.Record]:
+        rows = await self.conn.fetch(
+            "SELECT program_id, account_id, balance, reserved, owed, last_activity_at"
+            " FROM accounts WHERE (program_id, account_id) IN"
+            " (SELECT * FROM unnest($1::text[], $2::text[]))"
+            " ORDER BY program_id, account_id FOR UPDATE",
+            [p for p, _ in keys], [m for _, m in keys])
+        return {(r["program_id"], r["account_id"]): r for r in rows}
 
     async def load_movements(self, command_ids: list[str],
                              books: dict[tuple[str, str], Book]) -> dict[str, Movement]:
