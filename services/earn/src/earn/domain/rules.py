@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from functools import lru_cache
 
 from loyalty.programs import ProgramDefinition
 
@@ -93,9 +94,23 @@ class Earning:
         return "; ".join(line.detail for line in self.breakdown)
 
 
+# A program's rates and multipliers are the same few values for every purchase: they are
+# converted and formatted once (Decimals equal in value hash alike, and give the same results).
+_CONSTANTS_CACHED = 4096
+
+
+@lru_cache(maxsize=_CONSTANTS_CACHED)
 def _number(value: Decimal) -> str:
     """2 rather than 2.0 or 2E+0, for multipliers and rates in reasons."""
     return format(value.normalize(), "f")
+
+
+@lru_cache(maxsize=_CONSTANTS_CACHED)
+def _fraction(value: Decimal) -> Fraction:
+    return Fraction(value)
+
+
+_HALF = Fraction(1, 2)
 
 
 def _round(amount: Fraction, rounding: str) -> int:
@@ -103,7 +118,7 @@ def _round(amount: Fraction, rounding: str) -> int:
         return math.floor(amount)
     if rounding == "ceil":
         return math.ceil(amount)
-    return math.floor(amount + Fraction(1, 2))  # "round" is half up
+    return math.floor(amount + _HALF)  # "round" is half up
 
 
 def _category_amounts(lines: Iterable[Line], multipliers: dict[str, Decimal]) -> dict[str, Decimal]:
@@ -136,7 +151,7 @@ def compute_points(
         return Earning(0, (BreakdownLine("min_total", 0, detail),), tier.id)
 
     breakdown: list[BreakdownLine] = []
-    rate = Fraction(rules.points_per_unit)
+    rate = _fraction(rules.points_per_unit)
     running = Fraction(purchase.total) * rate
     shown = _round(running, rules.rounding)  # what the lines so far add up to
     breakdown.append(
@@ -165,7 +180,7 @@ def compute_points(
     for category, amount in _category_amounts(purchase.items, rules.category_multipliers).items():
         multiplier = rules.category_multipliers[category]
         if multiplier != 1:
-            extra = Fraction(amount) * scale * rate * (Fraction(multiplier) - 1)
+            extra = Fraction(amount) * scale * rate * (_fraction(multiplier) - 1)
             phrase = f"{category} {_TIMES}{_number(multiplier)}"
             apply(f"category:{category}", running + extra, phrase)
 
@@ -173,14 +188,14 @@ def compute_points(
         if campaign.is_active(purchase.occurred_at, purchase.channel):
             apply(
                 f"campaign:{campaign.id}",
-                running * Fraction(campaign.multiplier),
+                running * _fraction(campaign.multiplier),
                 f"campaign {campaign.id} {_TIMES}{_number(campaign.multiplier)}",
             )
 
     if tier.multiplier != 1:
         apply(
             f"tier:{tier.id}",
-            running * Fraction(tier.multiplier),
+            running * _fraction(tier.multiplier),
             f"tier {tier.id} {_TIMES}{_number(tier.multiplier)}",
         )
 
