@@ -26,6 +26,9 @@ MESSAGES_DUPLICATE = Counter(
 DEAD_LETTERS = Counter(
     "loyalty_dead_letters_total", "Records sent to a dead-letter topic, by error code.",
     ["service", "topic", "code"], registry=REGISTRY)
+INBOX_PRUNED = Counter(
+    "loyalty_inbox_pruned_total", "Inbox ids deleted once older than the retention window.",
+    ["service"], registry=REGISTRY)
 HANDLER_SECONDS = Histogram(
     "loyalty_handler_seconds", "Time to apply one consumed batch, database commit included.",
     ["service", "topic"], registry=REGISTRY,

@@ -23,7 +23,7 @@ import uvloop
 from aiohttp import web
 from faststream.kafka import KafkaBroker
 
-from loyalty import db, kafka
+from loyalty import db, kafka, retention
 from loyalty.clock import Clock, IdProvider, SystemClock, UuidIds
 from loyalty.http import REQUEST_LINE_BYTES_MAX, make_app
 from loyalty.logging import configure_logging
@@ -151,6 +151,10 @@ async def run_service(spec: ServiceSpec, stop: asyncio.Event | None = None) -> N
              # A quiet subscriber's last batches get their offsets committed too.
              asyncio.create_task(every(kafka.COMMIT_INTERVAL_S, runtime.commit_offsets,
                                        "commit_offsets"))]
+    if settings.inbox_retention_days:
+        prune = retention.inbox_pruner(spec.name, pool, spec.clock, settings.inbox_retention_days)
+        tasks.append(asyncio.create_task(
+            every(retention.INBOX_PRUNE_INTERVAL_S, prune, "inbox_retention")))
     tasks += [asyncio.create_task(job()) for job in runtime.background]
     log.info("service.started", port=spec.http_port, schema=spec.schema)
     try:

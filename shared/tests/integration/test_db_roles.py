@@ -43,8 +43,9 @@ async def test_migrations_apply_once_and_refuse_a_changed_file(infra, tmp_path) 
         try:
             first = await db.apply_migrations(pool, "rewards", tmp_path)
             again = await db.apply_migrations(pool, "rewards", tmp_path)
-            assert first == ["0000_messaging.sql", "0000_outbox_wakeup.sql",
-                             "0000_permanent_rows.sql", "0001_probe.sql"]
+            assert first == ["0000_messaging.sql", "0000_messaging_retention.sql",
+                             "0000_outbox_wakeup.sql", "0000_permanent_rows.sql",
+                             "0001_probe.sql"]
             assert again == []
             (tmp_path / "0001_probe.sql").write_text("CREATE TABLE probe (id bigint);")
             with pytest.raises(RuntimeError, match="changed after it was applied"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
 from loyalty import db, metrics, topics
+from loyalty.clock import FixedClock
 from loyalty.messaging import (
     BatchConsumer,
     ConsumerStopping,
@@ -20,6 +22,7 @@ from loyalty.messaging import (
     OutboxRelay,
     Rejected,
 )
+from loyalty.retention import inbox_pruner, prune_inbox
 from loyalty.testing import Kafka, unique
 
 pytestmark = pytest.mark.integration
@@ -284,3 +287,35 @@ async def test_a_lone_poison_record_is_dead_lettered_too(pool) -> None:
     assert (code, offset) == ("unprocessable", 0)
     await consumer([record({"id": "next", "amount": 1}, 1)])
     assert await pool.fetchval("SELECT amount FROM applied WHERE id = 'next'") == 1
+
+
+async def test_the_inbox_forgets_ids_older_than_its_window_and_only_those(pool) -> None:
+    consumer = BatchConsumer(service="probe", topic="probe.v1", pool=pool, decode=decode,
+                             handle=handle)
+    await consumer([record({"id": f"old-{i}", "amount": 1}, i) for i in range(5)])
+    await pool.execute("UPDATE inbox SET received_at = now() - interval '31 days'")
+    await consumer([record({"id": "new", "amount": 1}, 5)])
+
+    cutoff = await pool.fetchval("SELECT now() - interval '30 days'")
+    assert await prune_inbox(pool, cutoff, chunk_rows=2) == 5  # three chunks: 2, 2, 1
+    assert [r["message_id"] for r in await pool.fetch("SELECT message_id FROM inbox")] == ["new"]
+    assert await prune_inbox(pool, cutoff) == 0
+
+    # What is still in the window still has no second effect.
+    await consumer([record({"id": "new", "amount": 1}, 6)])
+    assert await pool.fetchval("SELECT count(*) FROM applied WHERE id = 'new'") == 1
+
+
+async def test_each_service_prunes_by_its_clock_and_counts_what_went(pool) -> None:
+    consumer = BatchConsumer(service="probe", topic="probe.v1", pool=pool, decode=decode,
+                             handle=handle)
+    await consumer([record({"id": "x", "amount": 1}, 0)])
+    received = await pool.fetchval("SELECT received_at FROM inbox")
+    pruned = metrics.INBOX_PRUNED.labels("probe")
+    before = pruned._value.get()
+
+    await inbox_pruner("probe", pool, FixedClock(received + timedelta(days=29)), 30)()
+    assert await pool.fetchval("SELECT count(*) FROM inbox") == 1
+    await inbox_pruner("probe", pool, FixedClock(received + timedelta(days=31)), 30)()
+    assert await pool.fetchval("SELECT count(*) FROM inbox") == 0
+    assert pruned._value.get() - before == 1
