@@ -4,9 +4,10 @@ An inbox row exists so that a redelivered record has no second effect. A redeliv
 the topic (a consumer that re-reads after a crash or a rebalance, which Kafka's retention
 bounds) or from a producer that sends the same event again (a till replaying its own backlog).
 Past `LOYALTY_INBOX_RETENTION_DAYS`, longer than both, the row is deleted. Should a record come
-back even later, it still cannot move points twice: the ledger refuses a command id it has
-applied before forever (`movements`, `lots`: their keys are permanent), and earn refuses an
-order it has recorded (`duplicate_order`); such a record is dead-lettered, not applied.
+back even later, it still cannot move points twice: the ledger keeps the id of every command
+that moved or held points as a key (`movements`, `lots`, `holds`) and refuses it again, and
+earn refuses an order it has recorded (`duplicate_order`); such a record is dead-lettered, not
+applied (`test_ledger_late_redelivery.py`).
 """
 
 from __future__ import annotations

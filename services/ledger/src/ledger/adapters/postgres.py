@@ -140,22 +140,34 @@ class LedgerRepository:
                 (x.program_id, x.account_id, x.counter_account, x.command_id, x.type, x.points,
                  x.balance_after, x.reason, x.source_kind, x.source_id, x.occurred_at)
                 for x in changes.entries])
-        if changes.touched_holds:
-            holds = list(changes.touched_holds.values())
+        new = [(b, h) for b, h in changes.touched_holds.values()
+               if h.hold_id in changes.new_holds]
+        if new:
+            # A plain insert: a hold id is a reserve command's id, which never holds points
+            # twice, even redelivered after its inbox row is gone (a unique violation, then
+            # dead-lettered: `constraint_violation`).
             await c.execute(
                 "INSERT INTO holds (hold_id, program_id, member_id, points, status, expires_at,"
                 " created_at, settled_at, settled_by, reason, source_kind, source_id)"
                 " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],"
                 " $5::text[], $6::timestamptz[], $7::timestamptz[], $8::timestamptz[],"
-                " $9::text[], $10::text[], $11::text[], $12::text[])"
-                " ON CONFLICT (hold_id) DO UPDATE SET status = EXCLUDED.status,"
-                " settled_at = EXCLUDED.settled_at, settled_by = EXCLUDED.settled_by",
-                [h.hold_id for _, h in holds], [b.program_id for b, _ in holds],
-                [b.member_id for b, _ in holds], [h.points for _, h in holds],
-                [h.status for _, h in holds], [h.expires_at for _, h in holds],
-                [h.created_at for _, h in holds], [h.settled_at for _, h in holds],
-                [h.settled_by for _, h in holds], [h.reason for _, h in holds],
-                [h.source_kind for _, h in holds], [h.source_id for _, h in holds])
+                " $9::text[], $10::text[], $11::text[], $12::text[])",
+                [h.hold_id for _, h in new], [b.program_id for b, _ in new],
+                [b.member_id for b, _ in new], [h.points for _, h in new],
+                [h.status for _, h in new], [h.expires_at for _, h in new],
+                [h.created_at for _, h in new], [h.settled_at for _, h in new],
+                [h.settled_by for _, h in new], [h.reason for _, h in new],
+                [h.source_kind for _, h in new], [h.source_id for _, h in new])
+        settled = [h for _, h in changes.touched_holds.values()
+                   if h.hold_id not in changes.new_holds]
+        if settled:
+            await c.execute(
+                "UPDATE holds SET status = t.status, settled_at = t.settled_at,"
+                " settled_by = t.settled_by FROM unnest($1::text[], $2::text[],"
+                " $3::timestamptz[], $4::text[]) AS t(hold_id, status, settled_at, settled_by)"
+                " WHERE holds.hold_id = t.hold_id",
+                [h.hold_id for h in settled], [h.status for h in settled],
+                [h.settled_at for h in settled], [h.settled_by for h in settled])
         if changes.new_movements:
             await insert_many(c, "movements", MOVEMENT_COLUMNS, [
                 (x.command_id, x.program_id, x.member_id, x.type, x.points, x.owed, x.reversed,

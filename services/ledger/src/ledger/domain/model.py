@@ -133,6 +133,7 @@ class Changes:
     lot_moves: list[tuple[str, int, int]] = field(default_factory=list)
     touched_lots: dict[int, Lot] = field(default_factory=dict)
     touched_holds: dict[str, tuple[Book, Hold]] = field(default_factory=dict)
+    new_holds: set[str] = field(default_factory=set)  # of touched_holds, those reserved now
     new_movements: list[Movement] = field(default_factory=list)
     reversed_movements: dict[str, int] = field(default_factory=dict)
     touched_books: dict[tuple[str, str], Book] = field(default_factory=dict)
@@ -222,6 +223,7 @@ class Ledger:
                     c.reason, c.source.kind, c.source.id)
         book.holds[hold.hold_id] = hold
         self.changes.touched_holds[hold.hold_id] = (book, hold)
+        self.changes.new_holds.add(hold.hold_id)
         self._touch(book)
         self._emit(book, c, "points.reserved", c.points, hold_id=hold.hold_id,
                    hold_expires_at=hold.expires_at.isoformat())
