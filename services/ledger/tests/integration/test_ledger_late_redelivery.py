@@ -80,3 +80,4 @@ async def test_a_command_redelivered_after_its_inbox_row_is_gone_moves_nothing(
     async with ledger.acquire() as conn:
         assert await audit(conn) == []
     await ledger.execute("DELETE FROM outbox")
+

@@ -40,16 +40,23 @@ class LedgerRepository:
         and an upsert of every key cost a conflict check each."""
         found = await self._lock_accounts(keys)
         missing = [k for k in keys if k not in found]
+        wanted = set(missing)
         programs = sorted({p for p, _ in keys})
-        await self.conn.execute(
-            "INSERT INTO accounts (program_id, account_id, kind)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[])"
-            " ON CONFLICT DO NOTHING",
-            [p for p, _ in missing] + [p for p in programs for _ in PROGRAM_ACCOUNTS],
-            [m for _, m in missing] + [a for _ in programs for a in PROGRAM_ACCOUNTS],
-            ["member"] * len(missing) + [k for _ in programs for k in PROGRAM_ACCOUNTS.values()])
-        if missing:
-            found |= await self._lock_accounts(missing)
+        # The rows this statement creates come back locked (they are its own); a member
+        # another transaction created meanwhile is locked after it commits.
+        for r in await self.conn.fetch(
+                "INSERT INTO accounts (program_id, account_id, kind)"
+                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[])"
+                " ON CONFLICT DO NOTHING"
+                " RETURNING program_id, account_id, balance, reserved, owed, last_activity_at",
+                [p for p, _ in missing] + [p for p in programs for _ in PROGRAM_ACCOUNTS],
+                [m for _, m in missing] + [a for _ in programs for a in PROGRAM_ACCOUNTS],
+                ["member"] * len(missing)
+                + [k for _ in programs for k in PROGRAM_ACCOUNTS.values()]):
+            if (key := (r["program_id"], r["account_id"])) in wanted:
+                found[key] = r
+        if raced := [k for k in missing if k not in found]:
+            found |= await self._lock_accounts(raced)
         books = {key: Book(r["program_id"], r["account_id"], r["balance"], r["reserved"],
                            r["owed"], last_activity_at=r["last_activity_at"])
                  for key, r in found.items()}
