@@ -3,11 +3,14 @@
 An inbox row exists so that a redelivered record has no second effect. A redelivery comes from
 the topic (a consumer that re-reads after a crash or a rebalance, which Kafka's retention
 bounds) or from a producer that sends the same event again (a till replaying its own backlog).
-Past `LOYALTY_INBOX_RETENTION_DAYS`, longer than both, the row is deleted. Should a record come
+By default the ids are kept forever (CONTRACT.md: an id seen before has no further effect,
+ever), and an inbox grows by a row per consumed record. With `LOYALTY_INBOX_RETENTION_DAYS`
+set, longer than both kinds of redelivery, older rows are deleted. Should a record come
 back even later, it still cannot move points twice: the ledger keeps the id of every command
 that moved or held points as a key (`movements`, `lots`, `holds`) and refuses it again, and
-earn refuses an order it has recorded (`duplicate_order`); such a record is dead-lettered, not
-applied (`test_ledger_late_redelivery.py`).
+earn refuses an order it has recorded (`duplicate_order`); such a record is dead-lettered (a
+visible effect, which is why the window is the operator's choice), not applied
+(`test_ledger_late_redelivery.py`).
 """
 
 from __future__ import annotations

@@ -129,10 +129,11 @@ class ServiceSettings(KafkaSecurity, PostgresTls):
         1000, validation_alias=_env("LOYALTY_OUTBOX_POLL_INTERVAL_MS"), ge=1)
     retry_backoff_max_ms: int = Field(
         5_000, validation_alias=_env("LOYALTY_RETRY_BACKOFF_MAX_MS"), ge=10)
-    # How long an inbox keeps a consumed record's id (`loyalty.retention`): longer than the
-    # topics' retention and than any producer may send an event again. 0 keeps them forever.
+    # How long an inbox keeps a consumed record's id (`loyalty.retention`); 0, the default,
+    # keeps them forever, as CONTRACT.md's "no further effect, ever" reads. A window must be
+    # longer than the topics' retention and than any producer may send an event again.
     inbox_retention_days: int = Field(
-        30, validation_alias=_env("LOYALTY_INBOX_RETENTION_DAYS"), ge=0, le=3650)
+        0, validation_alias=_env("LOYALTY_INBOX_RETENTION_DAYS"), ge=0, le=3650)
     # A service's own stop: `loyalty up` has drained already, and kills after 3 s.
     shutdown_drain_timeout_s: float = Field(
         3.0, validation_alias=_env("LOYALTY_SHUTDOWN_DRAIN_TIMEOUT_S"), ge=0)
