@@ -15,6 +15,7 @@ from aiokafka.structs import ConsumerRecord
 from loyalty import db, metrics, topics
 from loyalty.clock import FixedClock
 from loyalty.messaging import (
+    INBOX_COPY_ROWS_MIN,
     BatchConsumer,
     ConsumerStopping,
     Envelope,
@@ -319,3 +320,24 @@ async def test_each_service_prunes_by_its_clock_and_counts_what_went(pool) -> No
     await inbox_pruner("probe", pool, FixedClock(received + timedelta(days=31)), 30)()
     assert await pool.fetchval("SELECT count(*) FROM inbox") == 0
     assert pruned._value.get() - before == 1
+
+
+async def test_a_large_batch_goes_into_the_inbox_at_once_and_a_redelivery_among_it_is_sorted(
+        pool) -> None:
+    consumer = BatchConsumer(service="probe", topic="probe.v1", pool=pool, decode=decode,
+                             handle=handle)
+    size = INBOX_COPY_ROWS_MIN
+    first = [record({"id": f"big-{i}", "amount": 1}, i) for i in range(size)]
+    await consumer(first)  # all new: the COPY path
+    assert await pool.fetchval("SELECT count(*) FROM inbox") == size
+
+    again = [*first[:size // 2],  # seen before: no effect
+             record({"id": "big-0", "amount": 7}, size),  # seen before, another payload
+             *[record({"id": f"more-{i}", "amount": 2}, size + 1 + i) for i in range(size)]]
+    await consumer(again)  # the COPY meets the old ids: the upsert sorts them
+
+    applied = {r["id"]: r["amount"] for r in await pool.fetch("SELECT * FROM applied")}
+    assert len(applied) == 2 * size
+    assert applied["big-0"] == 1 and applied["more-0"] == 2
+    dead = await pool.fetch("SELECT headers FROM outbox WHERE topic = 'probe.v1.dlq'")
+    assert [r["headers"]["error.code"] for r in dead] == ["id_conflict"]
