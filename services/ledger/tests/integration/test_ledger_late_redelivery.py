@@ -4,14 +4,12 @@ and the ledger stays as it was (real PostgreSQL, the service's own consumer and 
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.structs import ConsumerRecord
 
 from ledger import handlers
 from ledger.adapters.postgres import LedgerRepository
@@ -19,7 +17,7 @@ from ledger.audit import audit
 from ledger.entrypoints.consumers import decode_command
 from loyalty import topics
 from loyalty.messaging import BatchConsumer
-from loyalty.testing import scratch_service_db
+from loyalty.testing import command_record, scratch_service_db
 
 pytestmark = pytest.mark.integration
 
@@ -31,12 +29,6 @@ def command(type_: str, command_id: str, member: str, **fields: Any) -> dict[str
     return {"type": type_, "command_id": command_id, "program_id": "p1", "member_id": member,
             "occurred_at": NOW.isoformat(), "reason": "r",
             "source": {"kind": "redemption", "id": "o1"}, **fields}
-
-
-def record(payload: dict[str, Any], offset: int) -> ConsumerRecord:
-    raw = json.dumps(payload).encode()
-    return ConsumerRecord(topics.LEDGER_COMMANDS, 0, offset, 0, 0, payload["member_id"].encode(),
-                          raw, None, 0, len(raw), ())
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +52,14 @@ async def test_a_command_redelivered_after_its_inbox_row_is_gone_moves_nothing(
     debit = command("debit", f"d-{member}", member, points=10)
     reserve = command("reserve", f"h-{member}", member, points=30)
     capture = command("capture", f"k-{member}", member, hold_id=reserve["command_id"])
-    await consumer([record(c, i) for i, c in enumerate([credit, debit, reserve, capture])])
+    await consumer([command_record(c, i) for i, c in enumerate([credit, debit, reserve, capture])])
     before = await ledger.fetchrow("SELECT balance, reserved FROM accounts"
                                    " WHERE account_id = $1", member)
     assert tuple(before) == (60, 0)
 
     await ledger.execute("DELETE FROM inbox")  # as `prune_inbox` does, past the window
     again = {"credit": credit, "debit": debit, "reserve": reserve}[late]
-    await consumer([record(again, 4)])
+    await consumer([command_record(again, 4)])
 
     after = await ledger.fetchrow("SELECT balance, reserved FROM accounts"
                                   " WHERE account_id = $1", member)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.structs import ConsumerRecord
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from refmodel import MEMBERS, Model
@@ -28,7 +27,7 @@ from ledger.entrypoints.consumers import decode_command
 from loyalty import topics
 from loyalty.clock import FixedClock
 from loyalty.messaging import BatchConsumer, Outbox
-from loyalty.testing import scratch_service_db
+from loyalty.testing import command_record, scratch_service_db
 
 pytestmark = pytest.mark.integration
 
@@ -44,12 +43,6 @@ steps = st.lists(st.tuples(
                      "reverse", "duplicate", "conflict", "wait", "sweep"]),
     st.sampled_from(MEMBERS), st.integers(1, 120), st.integers(0, 3), st.booleans(),
     st.integers(0, 10_000)), min_size=1, max_size=30)
-
-
-def record(payload: dict[str, Any], offset: int) -> ConsumerRecord:
-    raw = json.dumps(payload).encode()
-    return ConsumerRecord(topics.LEDGER_COMMANDS, 0, offset, 0, 0, payload["member_id"].encode(),
-                          raw, None, 0, len(raw), ())
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +79,7 @@ async def test_the_ledger_agrees_with_the_model(ledger_db, plan, batch_sizes) ->
         i = 0
         while i < len(pending):
             chunk = pending[i:i + batch_sizes[offset % len(batch_sizes)]]
-            await consumer([record(sent, offset + k) for k, (sent, _) in enumerate(chunk)])
+            await consumer([command_record(sent, offset + k) for k, (sent, _) in enumerate(chunk)])
             offset += len(chunk)
             i += len(chunk)
         for _, command in pending:

@@ -191,6 +191,14 @@ async def contract_purchase_becomes_sms(platform: Platform, api_token: str) -> d
     return json.loads(sms.value)
 
 
+def command_record(payload: dict[str, Any], offset: int) -> ConsumerRecord:
+    """A ledger command as the ledger's consumer receives it: JSON on the command topic,
+    keyed by member (for tests that feed `BatchConsumer` directly)."""
+    raw = json.dumps(payload).encode()
+    return ConsumerRecord(topics.LEDGER_COMMANDS, 0, offset, 0, 0, payload["member_id"].encode(),
+                          raw, None, 0, len(raw), ())
+
+
 def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
