@@ -51,6 +51,20 @@ async def apply_program(repo: EarnRepository, program: ProgramDefinition) -> Non
         log.info("program.applied", program_id=program.id, version=version)
 
 
+async def _first_application(repo: BatchEarnRepository, event_id: str) -> None:
+    """Refuse a return, activity or adjustment whose event an earlier batch recorded."""
+    if await repo.recorded(event_id):
+        raise _already_applied(event_id)
+
+
+def _already_applied(event_id: str) -> Rejected:
+    """A record applied by an earlier batch, redelivered after its inbox id was pruned
+    (`LOYALTY_INBOX_RETENTION_DAYS`): its order, return or award is kept forever, so it has
+    no effect again; it is dead-lettered at once rather than retried into a poison."""
+    return Rejected("already_applied", f"event {event_id} was applied before; its inbox id is"
+                    " past the retention window, and it has no further effect")
+
+
 async def _program(repo: BatchEarnRepository, program_id: str) -> tuple[int, ProgramDefinition]:
     found = await repo.current_program(program_id)
     if found is None:
@@ -139,6 +153,9 @@ async def _earning_member(repo: BatchEarnRepository, deps: Deps, program: Progra
 async def purchase_completed(repo: BatchEarnRepository, deps: Deps, event: PurchaseEvent,
                              outbox: Outbox) -> None:
     version, program = await _program(repo, event.program_id)
+    recorded = await repo.order(event.program_id, event.order_id)
+    if recorded is not None and recorded.event_id == event.event_id:
+        raise _already_applied(event.event_id)
     if event.currency != program.currency:
         raise Rejected("currency_mismatch",
                        f"program {program.id} runs in {program.currency}, not {event.currency}")
@@ -217,6 +234,7 @@ async def purchase_returned(repo: BatchEarnRepository, event: PurchaseEvent,
     """Take back what the order earned, pro rata to the returned amount, under the rules the
     order was earned with (its stored points); several partial returns never exceed it."""
     _, program = await _program(repo, event.program_id)
+    await _first_application(repo, event.event_id)
     order = await repo.order(event.program_id, event.order_id)
     if order is None:
         raise Rejected("unknown_order", f"order {event.order_id} was never recorded as a "
@@ -247,6 +265,7 @@ async def purchase_returned(repo: BatchEarnRepository, event: PurchaseEvent,
 async def activity_completed(repo: BatchEarnRepository, deps: Deps, event: ActivityEvent,
                              outbox: Outbox) -> None:
     _, program = await _program(repo, event.program_id)
+    await _first_application(repo, event.event_id)
     points = activity_points(program, event.activity)
     if points is None:
         raise Rejected("unknown_activity",
@@ -270,6 +289,7 @@ async def points_adjusted(repo: BatchEarnRepository, deps: Deps, event: Adjustme
                           outbox: Outbox) -> None:
     """Support staff fixing a balance: a credit or a debit with the reason and the actor."""
     _, program = await _program(repo, event.program_id)
+    await _first_application(repo, event.event_id)
     if event.points == 0:
         raise Rejected("invalid_field", "points: an adjustment of 0 points changes nothing")
     identifiers = _identifiers(event.customer)

@@ -191,12 +191,17 @@ async def contract_purchase_becomes_sms(platform: Platform, api_token: str) -> d
     return json.loads(sms.value)
 
 
-def command_record(payload: dict[str, Any], offset: int) -> ConsumerRecord:
-    """A ledger command as the ledger's consumer receives it: JSON on the command topic,
-    keyed by member (for tests that feed `BatchConsumer` directly)."""
+def topic_record(topic: str, payload: dict[str, Any], offset: int, key: str = "k"
+                 ) -> ConsumerRecord:
+    """A JSON message as a service's consumer receives it from `topic` (for tests that feed
+    `BatchConsumer` directly)."""
     raw = json.dumps(payload).encode()
-    return ConsumerRecord(topics.LEDGER_COMMANDS, 0, offset, 0, 0, payload["member_id"].encode(),
-                          raw, None, 0, len(raw), ())
+    return ConsumerRecord(topic, 0, offset, 0, 0, key.encode(), raw, None, 0, len(raw), ())
+
+
+def command_record(payload: dict[str, Any], offset: int) -> ConsumerRecord:
+    """A ledger command as the ledger's consumer receives it: keyed by member."""
+    return topic_record(topics.LEDGER_COMMANDS, payload, offset, payload["member_id"])
 
 
 def unique(prefix: str = "t") -> str:

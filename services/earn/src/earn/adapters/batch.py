@@ -82,6 +82,7 @@ class BatchEarnRepository:
         self.member_awards: dict[str, tuple[tuple[datetime, int], ...]] = {}
         self.dirty_members: dict[str, bool] = {}
         self.dirty_orders: dict[tuple[str, str], bool] = {}
+        self.recorded_ids: set[str] = set()  # returns and awards recorded before the batch
         self.writes = _Writes()
         self._journal: list[tuple[dict[Any, Any], Any, Any]] = []
         self._marks: dict[str, int] = {}
@@ -91,11 +92,20 @@ class BatchEarnRepository:
     @classmethod
     async def load(cls, conn: asyncpg.Connection, *, program_ids: Iterable[str],
                    identifiers: Iterable[tuple[str, str, str]],
-                   orders: Iterable[tuple[str, str]], earliest: datetime
+                   orders: Iterable[tuple[str, str]], earliest: datetime,
+                   returns: Iterable[str] = (), awards: Iterable[str] = ()
                    ) -> BatchEarnRepository:
         """Everything the records of a batch may read: `identifiers` are (program, kind,
-        value), `orders` (program, order id); `earliest` is the earliest event instant."""
+        value), `orders` (program, order id); `earliest` is the earliest event instant;
+        `returns` and `awards` the event ids of the batch's returns and of its activities and
+        adjustments, to know which of them were recorded before (see `recorded`)."""
         repo = cls()
+        return_ids, award_ids = list(returns), list(awards)
+        if return_ids or award_ids:
+            repo.recorded_ids = {r["event_id"] for r in await conn.fetch(
+                "SELECT event_id FROM returns WHERE event_id = ANY($1::text[])"
+                " UNION ALL SELECT event_id FROM awards WHERE event_id = ANY($2::text[])",
+                return_ids, award_ids)}
         for r in await conn.fetch("SELECT program_id, version FROM programs"
                                   " WHERE program_id = ANY($1::text[])", list(set(program_ids))):
             repo.programs[r["program_id"]] = (r["version"], await parsed_program(
@@ -193,6 +203,11 @@ class BatchEarnRepository:
         if updated != member:
             self._set(self.members, member_id, updated)
             self._set(self.dirty_members, member_id, True)
+
+    async def recorded(self, event_id: str) -> bool:
+        """Whether a return, activity or adjustment with this event id was recorded by an
+        earlier batch (the ids the batch was loaded with)."""
+        return event_id in self.recorded_ids
 
     async def member(self, member_id: str) -> Member | None:
         return self.members.get(member_id)

@@ -49,7 +49,10 @@ def batched(apply: Callable[[BatchEarnRepository, Any, Outbox], Awaitable[None]]
             identifiers=[(e.program_id, kind, value) for e in events
                          for kind, value in identifier_items(e.customer)],
             orders=[(e.program_id, e.order_id) for e in events if isinstance(e, PurchaseEvent)],
-            earliest=min(e.occurred_at for e in events))
+            earliest=min(e.occurred_at for e in events),
+            returns=[e.event_id for e in events
+                     if isinstance(e, PurchaseEvent) and e.type == "purchase.returned"],
+            awards=[e.event_id for e in events if not isinstance(e, PurchaseEvent)])
         refused = []
         for env in envs:
             emitted = Outbox()
@@ -82,12 +85,8 @@ def identifier_items(customer: Any) -> list[tuple[str, str]]:
         return []
 
 
-def wire(runtime: Runtime) -> None:
-    deps = handlers.Deps(clock=runtime.clock, ids=runtime.ids)
-
-    async def on_program(conn: asyncpg.Connection, env: Envelope[ProgramDefinition],
-                         _: Outbox) -> None:
-        await handlers.apply_program(EarnRepository(conn), env.message)
+def batch_handlers(deps: handlers.Deps) -> dict[str, BatchHandler[Any]]:
+    """The handler of each event topic, by topic."""
 
     async def on_purchase(repo: BatchEarnRepository, event: PurchaseEvent, outbox: Outbox) -> None:
         if event.type == "purchase.completed":
@@ -102,12 +101,24 @@ def wire(runtime: Runtime) -> None:
                             outbox: Outbox) -> None:
         await handlers.points_adjusted(repo, deps, event, outbox)
 
+    return {topics.PURCHASES: batched(on_purchase), topics.ACTIVITIES: batched(on_activity),
+            topics.ADJUSTMENTS: batched(on_adjustment)}
+
+
+# Each event topic's message model, and whether it is relaxed: a quiet topic whose latency
+# matters less, read with a longer wait for a fuller batch.
+EVENT_TOPICS = {topics.PURCHASES: (PurchaseEvent, False), topics.ACTIVITIES: (ActivityEvent, True),
+                topics.ADJUSTMENTS: (AdjustmentEvent, True)}
+
+
+def wire(runtime: Runtime) -> None:
+    async def on_program(conn: asyncpg.Connection, env: Envelope[ProgramDefinition],
+                         _: Outbox) -> None:
+        await handlers.apply_program(EarnRepository(conn), env.message)
+
     # Programs: the latest definition per key wins; applying one twice changes nothing.
     runtime.consume(topics.PROGRAMS, decode_program, on_program, use_inbox=False,
                     relaxed=True)
-    runtime.consume(topics.PURCHASES, decoder(PurchaseEvent), handle_batch=batched(on_purchase))
-    runtime.consume(topics.ACTIVITIES, decoder(ActivityEvent), handle_batch=batched(on_activity),
-                    relaxed=True)
-    runtime.consume(topics.ADJUSTMENTS, decoder(AdjustmentEvent),
-                    handle_batch=batched(on_adjustment),
-                    relaxed=True)
+    by_topic = batch_handlers(handlers.Deps(clock=runtime.clock, ids=runtime.ids))
+    for topic, (model, relaxed) in EVENT_TOPICS.items():
+        runtime.consume(topic, decoder(model), handle_batch=by_topic[topic], relaxed=relaxed)
