@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from fractions import Fraction
 from itertools import pairwise
 from typing import Any
 
@@ -415,6 +417,67 @@ def test_points_are_never_negative_and_the_breakdown_adds_up(
     cap = rules["max_points_per_order"]
     assert cap is None or earned.points <= cap
     assert earned.reason
+
+
+def _points_by_fractions(program: ProgramDefinition, purchase: Purchase, last_12_months: int
+                         ) -> list[int]:
+    """Each breakdown line's points, straight from the rules in the module docstring, with
+    Python's Fraction: the reference the integer arithmetic of `compute_points` must equal."""
+    rules = program.earning
+    if purchase.total < rules.min_total:
+        return [0]
+    rounding = {"floor": math.floor, "ceil": math.ceil,
+                "round": lambda x: math.floor(x + Fraction(1, 2))}[rules.rounding]
+    rate = Fraction(rules.points_per_unit)
+    running = Fraction(purchase.total) * rate
+    shown = [rounding(running)]
+    lines_total = sum((Fraction(i.quantity * i.unit_price) for i in purchase.items), Fraction(0))
+    scale = Fraction(purchase.total) / lines_total if lines_total > purchase.total else 1
+    factors = []
+    in_order = list(dict.fromkeys(i.category for i in purchase.items))
+    for category in (c for c in in_order if c in rules.category_multipliers):
+        multiplier = Fraction(rules.category_multipliers[category])
+        amount = sum(Fraction(i.quantity * i.unit_price) for i in purchase.items
+                     if i.category == category)
+        if multiplier != 1:
+            factors.append(lambda r, a=amount, m=multiplier: r + a * scale * rate * (m - 1))
+    factors += [lambda r, m=c.multiplier: r * Fraction(m) for c in rules.campaigns
+                if c.is_active(purchase.occurred_at, purchase.channel)]
+    tier = program.tier_for(last_12_months)
+    if tier.multiplier != 1:
+        factors.append(lambda r: r * Fraction(tier.multiplier))
+    for factor in factors:
+        running = factor(running)
+        shown.append(rounding(running))
+    lines = [shown[0], *(b - a for a, b in pairwise(shown))]
+    for sku in dict.fromkeys(i.sku for i in purchase.items):
+        if bonus := rules.sku_bonus.get(sku):
+            quantity = sum(Fraction(i.quantity) for i in purchase.items if i.sku == sku)
+            lines.append(math.floor(bonus * quantity))
+    cap = rules.max_points_per_order
+    if cap is not None and sum(lines) > cap:
+        lines.append(cap - sum(lines))
+    return lines
+
+
+@given(
+    rules=earning_rules,
+    total=money,
+    items=st.lists(lines, max_size=5),
+    channel=st.sampled_from(["pos", "ecommerce"]),
+    at=st.sampled_from([SUNDAY_IN_NOVEMBER, SATURDAY, WEEKEND_END]),
+    last_12_months=st.integers(0, 20_000),
+)
+def test_the_integer_arithmetic_equals_exact_fractions(
+    rules, total, items, channel, at, last_12_months
+):
+    definition = program(**rules)
+    purchase = Purchase(total, channel, at, tuple(items))
+
+    earned = compute_points(definition, purchase, last_12_months)
+
+    assert [line.points for line in earned.breakdown] == _points_by_fractions(
+        definition, purchase, last_12_months)
 
 
 @given(earned=st.integers(0, 1_000_000), total=money)

@@ -16,7 +16,8 @@ Order of the computation (each step's share is one breakdown line, so a member c
    number of points and must mean exactly that.
 8. `cap`: max_points_per_order limits the whole order, bonuses included.
 
-The arithmetic is exact (fractions), so rounding never trips over a 0.999... artefact.
+The arithmetic is exact (fractions as integer pairs), so rounding never trips over a 0.999...
+artefact.
 """
 
 from __future__ import annotations
@@ -106,19 +107,18 @@ def _number(value: Decimal) -> str:
 
 
 @lru_cache(maxsize=_CONSTANTS_CACHED)
-def _fraction(value: Decimal) -> Fraction:
-    return Fraction(value)
+def _ratio(value: Decimal) -> tuple[int, int]:
+    """A program constant as an exact fraction (numerator, denominator > 0)."""
+    return value.as_integer_ratio()
 
 
-_HALF = Fraction(1, 2)
-
-
-def _round(amount: Fraction, rounding: str) -> int:
+def _round(numerator: int, denominator: int, rounding: str) -> int:
+    """numerator / denominator (denominator > 0) rounded to whole points, exactly."""
     if rounding == "floor":
-        return math.floor(amount)
+        return numerator // denominator
     if rounding == "ceil":
-        return math.ceil(amount)
-    return math.floor(amount + _HALF)  # "round" is half up
+        return -(-numerator // denominator)
+    return (2 * numerator + denominator) // (2 * denominator)  # "round" is half up
 
 
 def _category_amounts(lines: Iterable[Line], multipliers: dict[str, Decimal]) -> dict[str, Decimal]:
@@ -151,9 +151,12 @@ def compute_points(
         return Earning(0, (BreakdownLine("min_total", 0, detail),), tier.id)
 
     breakdown: list[BreakdownLine] = []
-    rate = _fraction(rules.points_per_unit)
-    running = Fraction(purchase.total) * rate
-    shown = _round(running, rules.rounding)  # what the lines so far add up to
+    # The running amount is the exact fraction num / den (den > 0): plain integers, as
+    # Fraction objects cost a few microseconds an operation, on every purchase.
+    rate_num, rate_den = _ratio(rules.points_per_unit)
+    total_num, total_den = purchase.total.as_integer_ratio()
+    num, den = total_num * rate_num, total_den * rate_den
+    shown = _round(num, den, rules.rounding)  # what the lines so far add up to
     breakdown.append(
         BreakdownLine(
             "base",
@@ -163,39 +166,49 @@ def compute_points(
         )
     )
 
-    def apply(rule: str, new_running: Fraction, phrase: str) -> None:
-        nonlocal running, shown
-        running = new_running
-        rounded = _round(running, rules.rounding)
+    def apply(rule: str, new_num: int, new_den: int, phrase: str) -> None:
+        nonlocal num, den, shown
+        common = math.gcd(new_num, new_den)
+        num, den = new_num // common, new_den // common
+        rounded = _round(num, den, rules.rounding)
         breakdown.append(BreakdownLine(rule, rounded - shown, f"{phrase} {rounded - shown:+d}"))
         shown = rounded
 
     lines_total = sum((line.amount for line in purchase.items), Decimal(0))
     # Scale down only: lines above the total mean a discount; below it, unlisted extras.
-    scale = (
-        Fraction(purchase.total) / Fraction(lines_total)
-        if lines_total > purchase.total
-        else Fraction(1)
-    )
+    if lines_total > purchase.total:
+        lines_num, lines_den = lines_total.as_integer_ratio()
+        scale_num, scale_den = total_num * lines_den, total_den * lines_num
+    else:
+        scale_num, scale_den = 1, 1
     for category, amount in _category_amounts(purchase.items, rules.category_multipliers).items():
         multiplier = rules.category_multipliers[category]
         if multiplier != 1:
-            extra = Fraction(amount) * scale * rate * (_fraction(multiplier) - 1)
+            # amount x scale x rate x (multiplier - 1)
+            amount_num, amount_den = amount.as_integer_ratio()
+            mult_num, mult_den = _ratio(multiplier)
+            extra_num = amount_num * scale_num * rate_num * (mult_num - mult_den)
+            extra_den = amount_den * scale_den * rate_den * mult_den
             phrase = f"{category} {_TIMES}{_number(multiplier)}"
-            apply(f"category:{category}", running + extra, phrase)
+            apply(f"category:{category}", num * extra_den + extra_num * den, den * extra_den,
+                  phrase)
 
     for campaign in rules.campaigns:
         if campaign.is_active(purchase.occurred_at, purchase.channel):
+            mult_num, mult_den = _ratio(campaign.multiplier)
             apply(
                 f"campaign:{campaign.id}",
-                running * _fraction(campaign.multiplier),
+                num * mult_num,
+                den * mult_den,
                 f"campaign {campaign.id} {_TIMES}{_number(campaign.multiplier)}",
             )
 
     if tier.multiplier != 1:
+        mult_num, mult_den = _ratio(tier.multiplier)
         apply(
             f"tier:{tier.id}",
-            running * _fraction(tier.multiplier),
+            num * mult_num,
+            den * mult_den,
             f"tier {tier.id} {_TIMES}{_number(tier.multiplier)}",
         )
 
@@ -203,7 +216,8 @@ def compute_points(
     for sku, quantity in _bonus_quantities(purchase.items, rules.sku_bonus).items():
         bonus_per_unit = rules.sku_bonus[sku]
         # Whole points only, rounded down: 0.5 kg of a 100-point SKU earns 50.
-        bonus = math.floor(bonus_per_unit * Fraction(quantity))
+        quantity_num, quantity_den = quantity.as_integer_ratio()
+        bonus = bonus_per_unit * quantity_num // quantity_den
         detail = f"{sku} {_number(quantity)} {_TIMES} {bonus_per_unit} {bonus:+d}"
         breakdown.append(BreakdownLine(f"sku_bonus:{sku}", bonus, detail))
         points += bonus
