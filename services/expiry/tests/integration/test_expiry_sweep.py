@@ -275,3 +275,28 @@ async def test_points_all_held_at_the_due_instant_expire_once_released_even_as_o
     assert await world.balance("p1", "m1") == 0
     assert await world.expiry_pool.fetchval(
         "SELECT count(*) FROM lots WHERE pending_command_id IS NOT NULL") == 0
+
+
+async def test_an_event_naming_a_known_lot_again_is_dead_lettered_and_its_batch_applies(
+        world) -> None:
+    """The inbox keeps an event from applying twice; a lot id seen again under another event
+    id is a producer's bug: that event goes to the dead-letter topic, the rest of its batch
+    takes effect (lots are written by COPY, without ON CONFLICT)."""
+    await world.program(program())
+    await world.earn("p1", "m1", 100, T0)
+    [credited] = [e for e in world.ledger_events if e["type"] == "points.credited"]
+    clone = credited | {"event_id": "another-id", "points": 999, "lot_points": 999}
+    other = credited | {"event_id": "a-second-member", "member_id": "m2",
+                        "lot_id": credited["lot_id"] + 1_000_000, "points": 40,
+                        "lot_points": 40, "balance_after": 40}
+
+    await world.on_ledger([world.record("loyalty.ledger.v1", clone),
+                           world.record("loyalty.ledger.v1", other)])
+
+    lots = {r["lot_id"]: (r["member_id"], r["remaining"]) for r in await world.expiry_pool.fetch(
+        "SELECT lot_id, member_id, remaining FROM lots")}
+    assert lots == {credited["lot_id"]: ("m1", 100), other["lot_id"]: ("m2", 40)}
+    [dead] = await world.expiry_pool.fetch(
+        "SELECT value, headers FROM outbox WHERE topic = 'loyalty.ledger.v1.dlq'")
+    assert dead["headers"]["error.code"] == "constraint_violation"
+    assert b"another-id" in bytes(dead["value"])

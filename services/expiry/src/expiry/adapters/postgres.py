@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from expiry.domain.schedule import ExpireOrder, LotDue, Program
+from loyalty.db import insert_many
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,12 @@ class NoticeCandidate:
     member_id: str
     due_at: datetime
     points: int
+
+
+# The columns of a new lot, written by binary COPY (`insert_many`).
+LOT_COLUMNS = (("lot_id", "bigint"), ("program_id", "text"), ("member_id", "text"),
+               ("points", "bigint"), ("remaining", "bigint"), ("earned_at", "timestamptz"),
+               ("expires_at", "timestamptz"), ("policy", "text"))
 
 
 @dataclass(frozen=True)
@@ -148,17 +155,12 @@ class ExpiryRepository:
     # Ledger movements ---------------------------------------------------------------------
 
     async def insert_lots(self, lots: Sequence[NewLot]) -> None:
-        if not lots:
-            return
-        await self.conn.execute(
-            "INSERT INTO lots (lot_id, program_id, member_id, points, remaining, earned_at,"
-            " expires_at, policy) SELECT t.i, t.p, t.m, t.n, t.n, t.e, t.x, t.pol FROM"
-            " unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[],"
-            " $6::timestamptz[], $7::text[]) AS t(i, p, m, n, e, x, pol)"
-            " ON CONFLICT (lot_id) DO NOTHING",
-            [x.lot_id for x in lots], [x.program_id for x in lots], [x.member_id for x in lots],
-            [x.points for x in lots], [x.earned_at for x in lots], [x.expires_at for x in lots],
-            [x.policy for x in lots])
+        """New lots by binary COPY: the inbox already keeps a ledger event from being applied
+        twice, so a lot id seen again is a bug, refused by the key (the batch is then replayed
+        an event at a time and that one dead-lettered), not skipped by `ON CONFLICT`."""
+        await insert_many(self.conn, "lots", LOT_COLUMNS, [
+            (x.lot_id, x.program_id, x.member_id, x.points, x.points, x.earned_at, x.expires_at,
+             x.policy) for x in lots])
 
     async def move_lots(self, taken: dict[int, int]) -> None:
         """Subtract the points each lot lost (negative: got back)."""
