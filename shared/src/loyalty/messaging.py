@@ -90,6 +90,12 @@ class Rejected(Exception):
         self.message = message
 
 
+class ConcurrentWrite(Exception):
+    """Another process wrote the same key first (earn enrolled the same identifier, the
+    ledger created the same account): the batch is rolled back and retried, and finds the
+    row the other one wrote."""
+
+
 class ConsumerStopping(Exception):
     """The service is stopping while a batch is unresolved: it is left uncommitted (nacked)
     and consumed again after the restart."""

@@ -1,5 +1,5 @@
-"""A batch's accounts: created on first use and locked, including one that another
-transaction creates at the same moment (real PostgreSQL, two connections)."""
+"""A batch's accounts: created on first use, with their final values, including one that
+another transaction creates at the same moment (real PostgreSQL, two connections)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from ledger.adapters.postgres import LedgerRepository
+from ledger.domain.model import Changes
+from loyalty.messaging import ConcurrentWrite
 from loyalty.testing import scratch_service_db
 
 pytestmark = pytest.mark.integration
@@ -23,22 +25,39 @@ async def ledger(infra):
         yield pool
 
 
-async def test_an_account_another_transaction_creates_meanwhile_is_found_and_locked(
+async def test_an_account_another_transaction_creates_meanwhile_makes_the_batch_retry(
         ledger) -> None:
+    """A new member's account is written once, at persist, with the batch's final values; if
+    another transaction created it meanwhile, the insert waits for it, then fails as a
+    `ConcurrentWrite` (the consumer retries the batch), and the retry finds the committed row
+    and locks it: never a blank one over it."""
     member = f"m-{uuid.uuid4().hex[:8]}"
     async with ledger.acquire() as first, ledger.acquire() as second:
         tx = first.transaction()
         await tx.start()
-        await LedgerRepository(first).load_books([("p1", member)], [])  # creates it, uncommitted
-        await first.execute("UPDATE accounts SET balance = 7 WHERE account_id = $1", member)
+        repo = LedgerRepository(first)
+        books = await repo.load_books([("p1", member)], [])
+        assert repo.new_books == {("p1", member): books[("p1", member)]}
+        books[("p1", member)].balance = 7
+        await repo.persist(Changes())  # creates it with its final balance, uncommitted
 
-        async def load_in_second():
+        async def load_and_persist_in_second():
             async with second.transaction():
-                return await LedgerRepository(second).load_books([("p1", member)], [])
+                repo = LedgerRepository(second)
+                books = await repo.load_books([("p1", member)], [])  # does not see it yet
+                await repo.persist(Changes())  # waits on the first's insert
+                return books
 
-        loading = asyncio.create_task(load_in_second())  # waits on the first's insert
+        racing = asyncio.create_task(load_and_persist_in_second())
         await asyncio.sleep(0.3)
-        assert not loading.done()
+        assert not racing.done()
         await tx.commit()
-        books = await asyncio.wait_for(loading, 10)
-    assert books[("p1", member)].balance == 7  # the committed row, locked, not a blank one
+        with pytest.raises(ConcurrentWrite):
+            await asyncio.wait_for(racing, 10)
+        async with second.transaction():  # the retry
+            repo = LedgerRepository(second)
+            books = await repo.load_books([("p1", member)], [])
+            assert repo.new_books == {}
+    assert books[("p1", member)].balance == 7  # the committed row, not a blank one
+    assert await ledger.fetchval(
+        "SELECT count(*) FROM accounts WHERE program_id = 'p1' AND kind <> 'member'") == 4

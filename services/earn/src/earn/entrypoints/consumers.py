@@ -14,7 +14,7 @@ from loyalty import metrics, topics
 from loyalty.contracts import ActivityEvent, AdjustmentEvent, PurchaseEvent
 from loyalty.identifiers import InvalidIdentifier, normalise_customer
 from loyalty.logging import correlation
-from loyalty.messaging import BatchHandler, Envelope, Outbox, Rejected, decoder
+from loyalty.messaging import BatchHandler, ConcurrentWrite, Envelope, Outbox, Rejected, decoder
 from loyalty.programs import ProgramDefinition, ProgramFileError
 from loyalty.service import Runtime
 
@@ -26,11 +26,6 @@ def decode_program(payload: dict[str, Any]) -> tuple[str, ProgramDefinition]:
     except (ProgramFileError, ValueError) as exc:
         raise Rejected("invalid_program", str(exc)) from None
     return str(payload.get("event_id") or program.id), program
-
-
-class ConcurrentWrite(Exception):
-    """Another earn process enrolled the same identifier first: retry the batch (it will
-    find that member now)."""
 
 
 Event = PurchaseEvent | ActivityEvent | AdjustmentEvent

@@ -8,6 +8,7 @@ import asyncpg
 
 from ledger.domain.model import PROGRAM_ACCOUNTS, Book, Changes, Hold, Lot, Movement
 from loyalty.db import insert_many
+from loyalty.messaging import ConcurrentWrite
 
 # The columns each bulk insert writes (binary COPY: `insert_many`).
 LOT_COLUMNS = (("lot_id", "bigint"), ("program_id", "text"), ("member_id", "text"),
@@ -18,6 +19,9 @@ ENTRY_COLUMNS = (("program_id", "text"), ("account_id", "text"), ("counter_accou
                  ("command_id", "text"), ("type", "text"), ("points", "bigint"),
                  ("balance_after", "bigint"), ("reason", "text"), ("source_kind", "text"),
                  ("source_id", "text"), ("occurred_at", "timestamptz"))
+ACCOUNT_COLUMNS = (("program_id", "text"), ("account_id", "text"), ("kind", "text"),
+                   ("balance", "bigint"), ("reserved", "bigint"), ("owed", "bigint"),
+                   ("last_activity_at", "timestamptz"))
 MOVEMENT_COLUMNS = (("command_id", "text"), ("program_id", "text"), ("member_id", "text"),
                     ("type", "text"), ("points", "bigint"), ("owed", "bigint"),
                     ("reversed", "bigint"), ("counter_account", "text"), ("lot_id", "bigint"),
@@ -29,38 +33,35 @@ class LedgerRepository:
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
+        # The books `load_books` found no account for: `persist` creates them.
+        self.new_books: dict[tuple[str, str], Book] = {}
 
     async def load_books(self, keys: list[tuple[str, str]],
                          hold_ids: list[str]) -> dict[tuple[str, str], Book]:
-        """Accounts (created on first use), open lots and relevant holds of these members.
+        """Accounts, open lots and relevant holds of these members.
 
         The account rows are locked in key order until the transaction ends, so two
-        transactions touching the same members queue instead of deadlocking. Only the
-        members not found are inserted: most of a batch's members have an account already,
-        and an upsert of every key cost a conflict check each."""
+        transactions touching the same members queue instead of deadlocking. A member without
+        an account gets a blank book here, and its row is written once, with the batch's final
+        values, first thing in `persist` (an insert now and an update then cost two row
+        versions); another transaction that creates it meanwhile makes that insert fail
+        (`ConcurrentWrite`), and the batch is retried, finding the row."""
         found = await self._lock_accounts(keys)
-        missing = [k for k in keys if k not in found]
-        wanted = set(missing)
-        programs = sorted({p for p, _ in keys})
-        # The rows this statement creates come back locked (they are its own); a member
-        # another transaction created meanwhile is locked after it commits.
-        for r in await self.conn.fetch(
-                "INSERT INTO accounts (program_id, account_id, kind)"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[])"
-                " ON CONFLICT DO NOTHING"
-                " RETURNING program_id, account_id, balance, reserved, owed, last_activity_at",
-                [p for p, _ in missing] + [p for p in programs for _ in PROGRAM_ACCOUNTS],
-                [m for _, m in missing] + [a for _ in programs for a in PROGRAM_ACCOUNTS],
-                ["member"] * len(missing)
-                + [k for _ in programs for k in PROGRAM_ACCOUNTS.values()]):
-            if (key := (r["program_id"], r["account_id"])) in wanted:
-                found[key] = r
-        if raced := [k for k in missing if k not in found]:
-            found |= await self._lock_accounts(raced)
         books = {key: Book(r["program_id"], r["account_id"], r["balance"], r["reserved"],
                            r["owed"], last_activity_at=r["last_activity_at"])
                  for key, r in found.items()}
-        program_ids, member_ids = [p for p, _ in keys], [m for _, m in keys]
+        self.new_books = {key: Book(*key) for key in keys if key not in found}
+        if programs := sorted({p for p, _ in self.new_books}):
+            # A program's own accounts come with its first member's (accounts are permanent).
+            await self.conn.execute(
+                "INSERT INTO accounts (program_id, account_id, kind) SELECT * FROM"
+                " unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+                [p for p in programs for _ in PROGRAM_ACCOUNTS],
+                [a for _ in programs for a in PROGRAM_ACCOUNTS],
+                [k for _ in programs for k in PROGRAM_ACCOUNTS.values()])
+        if not found:  # new members have no lots and no holds yet
+            return books | self.new_books
+        program_ids, member_ids = [p for p, _ in found], [m for _, m in found]
         for r in await self.conn.fetch(
                 "SELECT lot_id, program_id, member_id, points, remaining, earned_at, expires_at,"
                 " command_id FROM lots WHERE remaining > 0 AND (program_id, member_id) IN"
@@ -76,7 +77,7 @@ class LedgerRepository:
                     r["hold_id"], r["points"], r["status"], r["expires_at"], r["created_at"],
                     r["reason"], r["source_kind"], r["source_id"], r["settled_at"],
                     r["settled_by"])
-        return books
+        return books | self.new_books
 
     async def _lock_accounts(self, keys: list[tuple[str, str]]
                              ) -> dict[tuple[str, str], asyncpg.Record]:
@@ -128,6 +129,14 @@ class LedgerRepository:
 
     async def persist(self, changes: Changes) -> None:
         c = self.conn
+        if self.new_books:
+            # First: the lots' and entries' statement checks look their accounts up.
+            try:
+                await insert_many(c, "accounts", ACCOUNT_COLUMNS, [
+                    (b.program_id, b.member_id, "member", b.balance, b.reserved, b.owed,
+                     b.last_activity_at) for b in self.new_books.values()])
+            except asyncpg.UniqueViolationError as exc:
+                raise ConcurrentWrite(f"an account was created meanwhile: {exc}") from exc
         if changes.new_lots:
             # COPY writes the lot ids the domain chose (as OVERRIDING SYSTEM VALUE would).
             await insert_many(c, "lots", LOT_COLUMNS, [
@@ -186,8 +195,7 @@ class LedgerRepository:
                 " FROM unnest($1::text[], $2::bigint[]) AS t(command_id, reversed)"
                 " WHERE movements.command_id = t.command_id",
                 list(changes.reversed_movements), list(changes.reversed_movements.values()))
-        if changes.touched_books:
-            books = list(changes.touched_books.values())
+        if books := [b for key, b in changes.touched_books.items() if key not in self.new_books]:
             await c.execute(
                 "UPDATE accounts SET balance = t.b, reserved = t.r, owed = t.o,"
                 " last_activity_at = t.a, updated_at = now() FROM unnest($1::text[],"
