@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 from aiokafka import AIOKafkaConsumer
@@ -60,16 +61,26 @@ async def add_processes(platform: Platform, counts: list[tuple[str, int]]) -> No
         await platform.wait_ready(*extra)
 
 
-async def tail(bootstrap: str, topic: str) -> AIOKafkaConsumer:
-    """A reader positioned at the end of `topic`: it sees only what comes next."""
+async def tail(bootstrap: str, topic: str, wait_ms: int = 10) -> AIOKafkaConsumer:
+    """A reader positioned at the end of `topic`: it sees only what comes next.
+
+    A reader that times what it sees by when it sees it polls every 10 ms (measure the
+    platform, not this reader); one that reads `emitted_at` can wait longer: its polls then
+    cost the shared broker and these two cores nothing worth counting."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest",
-                                enable_auto_commit=False,
-                                fetch_max_wait_ms=10)  # measure the platform, not this reader
+                                enable_auto_commit=False, fetch_max_wait_ms=wait_ms)
     await consumer.start()
     await consumer.seek_to_end()
     for tp in consumer.assignment():
         await consumer.position(tp)
     return consumer
+
+
+def emitted_at(record: Any) -> float:
+    """When the platform produced `record` (its Kafka CreateTime: the moment the outbox relay
+    handed it to its producer), in seconds since the epoch, as `time.time()` counts: a
+    measure of the platform that does not depend on how often the reader polls."""
+    return record.timestamp / 1000
 
 
 def reference_loop_ms() -> float:
