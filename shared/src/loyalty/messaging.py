@@ -52,7 +52,7 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from loyalty import metrics
-from loyalty.db import insert_many
+from loyalty.db import copy_if_new, insert_many
 from loyalty.logging import correlation, current_correlation_id
 from loyalty.periodic import every
 from loyalty.topics import dlq
@@ -75,9 +75,6 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 OUTBOX_COLUMNS = (("topic", "text"), ("key", "bytea"), ("value", "bytea"), ("headers", "jsonb"))
 INBOX_COLUMNS = (("topic", "text"), ("message_id", "text"), ("digest", "bytea"))
-# Batches of at least this many new ids go into the inbox by COPY (see `_record_ids`): the
-# break-even against the upsert was 32 rows.
-INBOX_COPY_ROWS_MIN = 64
 
 
 
@@ -598,18 +595,11 @@ class BatchConsumer(Generic[T]):
                           first: dict[str, Envelope[T]]) -> set[str]:
         """Store the batch's ids; return those not seen before.
 
-        A large batch is nearly always all new: it goes in by COPY in a savepoint, which
-        costs 40% less a row than the upsert (13.7-14.1 against 22.2-23.3 us, statements of 400
-        rows), and only if one id was seen before does the upsert run instead. Below
-        `INBOX_COPY_ROWS_MIN` the savepoint's two round trips cost more than they save."""
-        if len(first) >= INBOX_COPY_ROWS_MIN:
-            try:
-                async with conn.transaction():
-                    await insert_many(conn, "inbox", INBOX_COLUMNS,
-                                      [(self.topic, i, e.digest) for i, e in first.items()])
-                return set(first)
-            except asyncpg.UniqueViolationError:
-                pass  # a redelivery among them: the savepoint is undone, the upsert sorts them
+        A large batch is nearly always all new: it goes in by COPY (`copy_if_new`), and only
+        if one id was seen before does the upsert run instead, which sorts them."""
+        if await copy_if_new(conn, "inbox", INBOX_COLUMNS,
+                             [(self.topic, i, e.digest) for i, e in first.items()]):
+            return set(first)
         return {r["message_id"] for r in await conn.fetch(
             "INSERT INTO inbox (topic, message_id, digest)"
             " SELECT $1, * FROM unnest($2::text[], $3::bytea[]) ON CONFLICT DO NOTHING"

@@ -15,7 +15,6 @@ from aiokafka.structs import ConsumerRecord
 from loyalty import db, metrics, topics
 from loyalty.clock import FixedClock
 from loyalty.messaging import (
-    INBOX_COPY_ROWS_MIN,
     BatchConsumer,
     ConsumerStopping,
     Envelope,
@@ -326,7 +325,7 @@ async def test_a_large_batch_goes_into_the_inbox_at_once_and_a_redelivery_among_
         pool) -> None:
     consumer = BatchConsumer(service="probe", topic="probe.v1", pool=pool, decode=decode,
                              handle=handle)
-    size = INBOX_COPY_ROWS_MIN
+    size = db.COPY_NEW_ROWS_MIN
     first = [record({"id": f"big-{i}", "amount": 1}, i) for i in range(size)]
     await consumer(first)  # all new: the COPY path
     assert await pool.fetchval("SELECT count(*) FROM inbox") == size

@@ -12,8 +12,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from expiry.handlers import SweepLimits
-from loyalty.contracts import LedgerEvent, Notification
+from expiry.adapters.postgres import ExpiryRepository
+from expiry.handlers import SweepLimits, apply_member_events
+from loyalty.contracts import LedgerEvent, MemberEvent, Notification
 
 pytestmark = pytest.mark.integration
 
@@ -300,3 +301,43 @@ async def test_an_event_naming_a_known_lot_again_is_dead_lettered_and_its_batch_
         "SELECT value, headers FROM outbox WHERE topic = 'loyalty.ledger.v1.dlq'")
     assert dead["headers"]["error.code"] == "constraint_violation"
     assert b"another-id" in bytes(dead["value"])
+
+
+def member_event(type_: str, member_id: str, **identifiers: str) -> MemberEvent:
+    return MemberEvent.model_validate({
+        "event_id": f"{type_}-{member_id}-{len(identifiers)}", "type": type_,
+        "occurred_at": T0.isoformat(), "program_id": "p1", "member_id": member_id,
+        "identifiers": identifiers, "locale": "lt" if type_ == "member.enrolled" else None,
+        "channel": "sms" if type_ == "member.enrolled" else None})
+
+
+async def test_a_member_enrolled_and_linked_in_one_batch_is_one_row_at_the_first_try(
+        world) -> None:
+    """Two events of one member in one statement made the upsert fail ("cannot affect row a
+    second time"): the batch was retried three times, then applied one event at a time."""
+    async with world.expiry_pool.acquire() as conn, conn.transaction():
+        await apply_member_events(ExpiryRepository(conn), [
+            member_event("member.enrolled", "m9", phone="+37060000009"),
+            member_event("member.identifier_linked", "m9", email="m9@example.com")])
+    row = await world.expiry_pool.fetchrow(
+        "SELECT locale, channel, phone, email FROM members WHERE member_id = 'm9'")
+    assert dict(row) == {"locale": "lt", "channel": "sms", "phone": "+37060000009",
+                         "email": "m9@example.com"}
+
+
+async def test_a_large_batch_of_enrolments_naming_a_member_already_known_still_applies(
+        world) -> None:
+    """Enrolments go in by COPY; one member the scheduler already had (its first ledger event
+    came first) makes that batch take the upsert instead, and keeps what it knew."""
+    await world.program(program())
+    await world.earn("p1", "m-known", 100, T0)  # the scheduler knows m-known from the ledger
+    enrolments = [member_event("member.enrolled", f"m-{i}", phone=f"+3706100{i:04}")
+                  for i in range(80)] + [member_event("member.enrolled", "m-known",
+                                                      phone="+37069999999")]
+    async with world.expiry_pool.acquire() as conn, conn.transaction():
+        await apply_member_events(ExpiryRepository(conn), enrolments)
+    assert await world.expiry_pool.fetchval("SELECT count(*) FROM members") == 81
+    known = await world.expiry_pool.fetchrow(
+        "SELECT phone, balance FROM members WHERE member_id = 'm-known'")
+    assert dict(known) == {"phone": "+37069999999", "balance": 100}
+    assert await world.expiry_pool.fetchval("SELECT count(*) FROM identifiers") == 81

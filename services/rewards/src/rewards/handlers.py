@@ -21,6 +21,7 @@ from loyalty.contracts import LedgerEvent, MemberEvent, RedemptionCancelled, Red
 from loyalty.expiry import expires_at_for
 from loyalty.identifiers import InvalidIdentifier, normalise_customer
 from loyalty.ledger_commands import POINTS_MAX, Capture, Credit, Release, Reserve
+from loyalty.member_copies import first_owners, merge_contacts
 from loyalty.messaging import Outbox, Rejected
 from loyalty.notifications import build_notification, choose_channel
 from loyalty.programs import ProgramDefinition
@@ -165,7 +166,8 @@ async def member_events(repo: RewardsRepository, deps: Deps, events: list[Member
     """Keep our copy of a batch of members, set-based (one upsert of the members, one insert
     of their identifiers, one query for the orders waiting for them: 3 statements a batch,
     not 3 a member); start the orders that were waiting, each as its own event would have."""
-    await repo.save_members(merge_members(events))
+    await repo.save_members(merge_contacts(events), {
+        (e.program_id, e.member_id) for e in events if e.type == "member.enrolled"})
     await repo.save_identifiers(first_owners(events))
     waiting = await repo.orders_waiting_for(list(dict.fromkeys(
         (e.program_id, f"{k}:{v}") for e in events for k, v in e.identifiers.items())))
@@ -182,39 +184,6 @@ async def member_events(repo: RewardsRepository, deps: Deps, events: list[Member
         _adopt(row, member)
         await _carry_out(repo, deps, row, row.saga.member_found(bool(route_of(row, member))),
                          outbox)
-
-
-def merge_members(events: list[MemberEvent]) -> list[Member]:
-    """One row per member, as applying the events one after another would leave it: a later
-    value wins, a None keeps the earlier one (an upsert cannot touch a row twice, so the
-    events of one member in a batch are merged first). Sorted by key, so two batches lock
-    the rows they share in the same order."""
-    merged: dict[tuple[str, str], Member] = {}
-    for e in events:
-        was = merged.get((e.program_id, e.member_id))
-        now = Member(e.program_id, e.member_id, e.locale, e.channel,
-                     e.identifiers.get("phone"), e.identifiers.get("email"))
-        if was is not None:
-            now.locale = _later(was.locale, now.locale)
-            now.channel = _later(was.channel, now.channel)
-            now.phone = _later(was.phone, now.phone)
-            now.email = _later(was.email, now.email)
-        merged[(e.program_id, e.member_id)] = now
-    return [merged[k] for k in sorted(merged)]
-
-
-def _later(earlier: str | None, later: str | None) -> str | None:
-    return earlier if later is None else later
-
-
-def first_owners(events: list[MemberEvent]) -> list[tuple[str, str, str, str]]:
-    """(program, kind, value, member): an identifier named twice in a batch goes to its
-    first owner, as the database keeps the first owner across batches."""
-    owners: dict[tuple[str, str, str], str] = {}
-    for e in events:
-        for kind, value in e.identifiers.items():
-            owners.setdefault((e.program_id, kind, value), e.member_id)
-    return [(*k, owners[k]) for k in sorted(owners)]
 
 
 def waiting_adopters(events: list[MemberEvent], waiting: list[tuple[str, str, list[str]]]

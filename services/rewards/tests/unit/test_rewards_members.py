@@ -1,16 +1,9 @@
-"""A batch of member events, merged before its one upsert (pure, no I/O): the same rows as
-applying the events one after another, and an identifier stays with its first owner."""
+"""Which waiting order adopts which member of a batch of member events (pure, no I/O)."""
 
 from __future__ import annotations
 
-from hypothesis import given
-from hypothesis import strategies as st
-
 from loyalty.contracts import MemberEvent
-from rewards.adapters.postgres import Member
-from rewards.handlers import first_owners, merge_members, waiting_adopters
-
-maybe = st.none() | st.sampled_from(["a", "b", ""])  # "" is a value: it overwrites, as SQL does
+from rewards.handlers import waiting_adopters
 
 
 def event(i: int, member_id: str = "m-1", program_id: str = "p", locale: str | None = None,
@@ -20,47 +13,6 @@ def event(i: int, member_id: str = "m-1", program_id: str = "p", locale: str | N
         "program_id": program_id, "member_id": member_id, "identifiers": identifiers,
         "locale": locale, "channel": channel})
 
-
-events = st.lists(st.tuples(
-    st.sampled_from(["m-1", "m-2"]), st.sampled_from(["p", "q"]), maybe,
-    st.none() | st.sampled_from(["sms", "email"]), maybe, maybe), max_size=8).map(
-    lambda rows: [event(i, m, p, locale, channel,
-                        **{k: v for k, v in (("phone", phone), ("email", email)) if v is not None})
-                  for i, (m, p, locale, channel, phone, email) in enumerate(rows)])
-
-
-def one_after_another(batch: list[MemberEvent]) -> dict[tuple[str, str], Member]:
-    """What `INSERT ... ON CONFLICT DO UPDATE SET x = coalesce(EXCLUDED.x, members.x)` leaves
-    when run once per event."""
-    table: dict[tuple[str, str], Member] = {}
-    for e in batch:
-        new = [e.locale, e.channel, e.identifiers.get("phone"), e.identifiers.get("email")]
-        was = table.get((e.program_id, e.member_id))
-        if was is not None:
-            old = [was.locale, was.channel, was.phone, was.email]
-            new = [n if n is not None else o for n, o in zip(new, old, strict=True)]
-        table[(e.program_id, e.member_id)] = Member(e.program_id, e.member_id, *new)
-    return table
-
-
-@given(events)
-def test_merging_a_batch_gives_what_applying_its_events_in_order_gives(
-        batch: list[MemberEvent]) -> None:
-    merged = merge_members(batch)
-    assert len({(m.program_id, m.member_id) for m in merged}) == len(merged)  # one upsert
-    assert {(m.program_id, m.member_id): m for m in merged} == one_after_another(batch)
-
-
-def test_a_later_email_is_added_and_a_null_locale_keeps_the_earlier_one() -> None:
-    [row] = merge_members([event(1, locale="lt", channel="sms", phone="+370600"),
-                           event(2, email="m@example.com")])
-    assert row == Member("p", "m-1", "lt", "sms", "+370600", "m@example.com")
-
-
-def test_an_identifier_named_twice_in_a_batch_goes_to_its_first_owner() -> None:
-    assert first_owners([event(1, "m-2", phone="+370600"), event(2, "m-1", phone="+370600"),
-                         event(3, "m-1", program_id="q", phone="+370600")]) == [
-        ("p", "phone", "+370600", "m-2"), ("q", "phone", "+370600", "m-1")]
 
 
 def test_a_waiting_order_adopts_the_first_event_naming_it_in_its_own_program() -> None:

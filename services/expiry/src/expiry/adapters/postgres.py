@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from expiry.domain.schedule import ExpireOrder, LotDue, Program
+from loyalty import member_copies
 from loyalty.db import insert_many
 
 
@@ -116,30 +117,13 @@ class ExpiryRepository:
             " $3::timestamptz[]) AS t(p, m, due) WHERE m.program_id = t.p AND m.member_id = t.m",
             *map(list, zip(*dues, strict=True)))
 
-    async def save_contacts(self, rows: Sequence[tuple[str, str, str | None, str | None,
-                                                       str | None, str | None]]) -> None:
-        """(program, member, locale, channel, phone, email); None keeps what is known."""
-        if not rows:
-            return
-        await self.conn.execute(
-            "INSERT INTO members (program_id, member_id, locale, channel, phone, email)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
-            " $6::text[]) ON CONFLICT (program_id, member_id) DO UPDATE SET"
-            " locale = COALESCE(EXCLUDED.locale, members.locale),"
-            " channel = COALESCE(EXCLUDED.channel, members.channel),"
-            " phone = COALESCE(EXCLUDED.phone, members.phone),"
-            " email = COALESCE(EXCLUDED.email, members.email)",
-            *map(list, zip(*rows, strict=True)))
+    async def save_contacts(self, contacts: Sequence[member_copies.Contact],
+                            enrolled: set[tuple[str, str]]) -> None:
+        await member_copies.save_contacts(self.conn, contacts, enrolled)
 
     async def save_identifiers(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
-        """(program, kind, value, member)."""
-        if not rows:
-            return
-        await self.conn.execute(
-            "INSERT INTO identifiers (program_id, kind, value, member_id)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
-            " ON CONFLICT (program_id, kind, value) DO UPDATE SET member_id = EXCLUDED.member_id",
-            *map(list, zip(*rows, strict=True)))
+        """(program, kind, value, member), distinct keys; the latest link wins."""
+        await member_copies.save_identifiers(self.conn, rows)
 
     async def contacts(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Contact]:
         keys = list(set(keys))

@@ -206,23 +206,6 @@ class LedgerRepository:
                 [b.balance for b in books], [b.reserved for b in books],
                 [b.owed for b in books], [b.last_activity_at for b in books])
 
-    async def save_identifiers(self, links: list[tuple[str, str, dict[str, str]]]) -> None:
-        """(program, member, identifiers) of many member events in one statement; the
-        latest link of an identifier wins (events are in order; within one statement the
-        last row per key is kept)."""
-        latest: dict[tuple[str, str, str], str] = {}
-        for program_id, member_id, identifiers in links:
-            for kind, value in identifiers.items():
-                latest[(program_id, kind, value)] = member_id
-        if not latest:
-            return
-        await self.conn.execute(
-            "INSERT INTO identifiers (program_id, kind, value, member_id)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
-            " ON CONFLICT (program_id, kind, value) DO UPDATE SET member_id = EXCLUDED.member_id",
-            [p for p, _, _ in latest], [k for _, k, _ in latest], [v for _, _, v in latest],
-            list(latest.values()))
-
 
 def _lot(r: asyncpg.Record) -> Lot:
     return Lot(r["lot_id"], r["points"], r["remaining"], r["earned_at"], r["expires_at"],

@@ -10,6 +10,7 @@ from ledger.adapters.postgres import LedgerRepository
 from loyalty import metrics, topics
 from loyalty.contracts import MemberEvent
 from loyalty.ledger_commands import AnyCommand, LedgerCommand
+from loyalty.member_copies import latest_owners, save_identifiers
 from loyalty.messaging import Envelope, Outbox, decoder
 from loyalty.periodic import every
 from loyalty.service import Runtime
@@ -24,8 +25,7 @@ decode_command = decoder(TypeAdapter(LedgerCommand), id_field="command_id")
 async def on_members(conn: asyncpg.Connection, envs: list[Envelope[MemberEvent]],
                      _: Outbox) -> None:
     """The identifier lookup behind the member routes, a batch of member events at once."""
-    await LedgerRepository(conn).save_identifiers(
-        [(e.message.program_id, e.message.member_id, e.message.identifiers) for e in envs])
+    await save_identifiers(conn, latest_owners([e.message for e in envs]))
 
 
 def wire(runtime: Runtime) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 
+from loyalty import member_copies
+from loyalty.member_copies import Contact
 from loyalty.programs import ProgramDefinition
 from rewards.domain.saga import AWAITING_LEDGER, Order, State
 
@@ -27,14 +29,8 @@ class InventoryMismatch(Exception):
     alerted through the handler-error metric), never a member-facing failure."""
 
 
-@dataclass
-class Member:
-    program_id: str
-    member_id: str
-    locale: str | None
-    channel: str | None
-    phone: str | None
-    email: str | None
+# A member as reward-fulfilment keeps it: its contact data, from loyalty.members.v1.
+Member = Contact
 
 
 @dataclass
@@ -192,32 +188,16 @@ class RewardsRepository:
 
     # -- members --------------------------------------------------------------------------------
 
-    async def save_members(self, members: Sequence[Member]) -> None:
-        """One upsert for a batch; None keeps what is known. The keys must be distinct (an
-        upsert cannot touch a row twice): `handlers.merge_members` makes them so."""
-        if not members:
-            return
-        await self.conn.execute(
-            "INSERT INTO members (program_id, member_id, locale, channel, phone, email)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
-            " $6::text[]) ON CONFLICT (program_id, member_id) DO UPDATE"
-            " SET locale = coalesce(EXCLUDED.locale, members.locale),"
-            "     channel = coalesce(EXCLUDED.channel, members.channel),"
-            "     phone = coalesce(EXCLUDED.phone, members.phone),"
-            "     email = coalesce(EXCLUDED.email, members.email)",
-            [m.program_id for m in members], [m.member_id for m in members],
-            [m.locale for m in members], [m.channel for m in members],
-            [m.phone for m in members], [m.email for m in members])
+    async def save_members(self, contacts: Sequence[Contact],
+                           enrolled: set[tuple[str, str]]) -> None:
+        """One statement for a batch (`merge_contacts`: distinct keys); None keeps what is
+        known."""
+        await member_copies.save_contacts(self.conn, contacts, enrolled)
 
     async def save_identifiers(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
         """(program, kind, value, member), in one statement. The first owner of an identifier
         keeps it (earn never moves one either)."""
-        if not rows:
-            return
-        await self.conn.execute(
-            "INSERT INTO identifiers (program_id, kind, value, member_id)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
-            " ON CONFLICT DO NOTHING", *map(list, zip(*rows, strict=True)))
+        await member_copies.save_identifiers(self.conn, rows, keep_first=True)
 
     async def find_member(self, program_id: str, identifiers: list[tuple[str, str]]
                           ) -> Member | None:

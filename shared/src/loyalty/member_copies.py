@@ -1,0 +1,105 @@
+"""The copies of the members that services keep from `loyalty.members.v1`: identifiers (for
+`{ref}` lookups: the ledger, the expiry scheduler, reward-fulfilment) and contact data (the
+services that notify: the scheduler and reward-fulfilment).
+
+A batch of member events is merged first (an upsert cannot touch a row twice, and a member
+enrolled and linked within one batch is two events of one row), then written in one statement
+per table. Rows that are new, nearly all of them when shoppers enrol, go in by COPY
+(`db.copy_if_new`); only a batch that names one already there takes the upsert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from loyalty.contracts import MemberEvent
+from loyalty.db import copy_if_new, insert_many
+
+IDENTIFIER_COLUMNS = (("program_id", "text"), ("kind", "text"), ("value", "text"),
+                      ("member_id", "text"))
+CONTACT_COLUMNS = (("program_id", "text"), ("member_id", "text"), ("locale", "text"),
+                   ("channel", "text"), ("phone", "text"), ("email", "text"))
+# None keeps what is known.
+_CONTACT_UPSERT = ("ON CONFLICT (program_id, member_id) DO UPDATE SET"
+                   " locale = COALESCE(EXCLUDED.locale, members.locale),"
+                   " channel = COALESCE(EXCLUDED.channel, members.channel),"
+                   " phone = COALESCE(EXCLUDED.phone, members.phone),"
+                   " email = COALESCE(EXCLUDED.email, members.email)")
+
+
+@dataclass
+class Contact:
+    """A member's contact data, as the services that notify keep it."""
+
+    program_id: str
+    member_id: str
+    locale: str | None
+    channel: str | None
+    phone: str | None
+    email: str | None
+
+
+def merge_contacts(events: list[MemberEvent]) -> list[Contact]:
+    """One row per member, as applying the events one after another would leave it: a later
+    value wins, a None keeps the earlier one. Sorted by key, so two batches lock the rows
+    they share in the same order."""
+    merged: dict[tuple[str, str], Contact] = {}
+    for e in events:
+        now = Contact(e.program_id, e.member_id, e.locale, e.channel,
+                      e.identifiers.get("phone"), e.identifiers.get("email"))
+        if (was := merged.get((e.program_id, e.member_id))) is not None:
+            now.locale = _later(was.locale, now.locale)
+            now.channel = _later(was.channel, now.channel)
+            now.phone = _later(was.phone, now.phone)
+            now.email = _later(was.email, now.email)
+        merged[(e.program_id, e.member_id)] = now
+    return [merged[k] for k in sorted(merged)]
+
+
+def _later(earlier: str | None, later: str | None) -> str | None:
+    return earlier if later is None else later
+
+
+def latest_owners(events: list[MemberEvent]) -> list[tuple[str, str, str, str]]:
+    """(program, kind, value, member): an identifier named twice goes to its latest owner."""
+    owners: dict[tuple[str, str, str], str] = {}
+    for e in events:
+        for kind, value in e.identifiers.items():
+            owners[(e.program_id, kind, value)] = e.member_id
+    return [(*k, owners[k]) for k in sorted(owners)]
+
+
+def first_owners(events: list[MemberEvent]) -> list[tuple[str, str, str, str]]:
+    """(program, kind, value, member): an identifier named twice goes to its first owner."""
+    owners: dict[tuple[str, str, str], str] = {}
+    for e in events:
+        for kind, value in e.identifiers.items():
+            owners.setdefault((e.program_id, kind, value), e.member_id)
+    return [(*k, owners[k]) for k in sorted(owners)]
+
+
+async def save_identifiers(conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str]],
+                           *, keep_first: bool = False) -> None:
+    """(program, kind, value, member) rows with distinct keys (`latest_owners`, or
+    `first_owners` with `keep_first`, which also keeps an owner already stored)."""
+    if rows and not await copy_if_new(conn, "identifiers", IDENTIFIER_COLUMNS, rows):
+        await insert_many(conn, "identifiers", IDENTIFIER_COLUMNS, rows, suffix=(
+            "ON CONFLICT DO NOTHING" if keep_first else "ON CONFLICT (program_id, kind, value)"
+            " DO UPDATE SET member_id = EXCLUDED.member_id"))
+
+
+async def save_contacts(conn: asyncpg.Connection, contacts: Sequence[Contact],
+                        enrolled: set[tuple[str, str]]) -> None:
+    """`merge_contacts`'s rows into `members`: those of members `enrolled` in this batch by
+    COPY when they are many, the rest (and all, if one of them was there already) by the
+    upsert; columns beyond the contact keep their defaults on a new row."""
+    rows = [(c.program_id, c.member_id, c.locale, c.channel, c.phone, c.email)
+            for c in contacts]
+    new = [r for r in rows if (r[0], r[1]) in enrolled]
+    if new and await copy_if_new(conn, "members", CONTACT_COLUMNS, new):
+        rows = [r for r in rows if (r[0], r[1]) not in enrolled]
+    if rows:
+        await insert_many(conn, "members", CONTACT_COLUMNS, rows, suffix=_CONTACT_UPSERT)
