@@ -9,16 +9,9 @@ from hypothesis import strategies as st
 
 from loyalty.contracts import MemberEvent
 from loyalty.member_copies import Contact, first_owners, latest_owners, merge_contacts
+from loyalty.testing import member_event as event
 
 maybe = st.none() | st.sampled_from(["a", "b", ""])  # "" is a value: it overwrites, as SQL does
-
-
-def event(i: int, member_id: str = "m-1", program_id: str = "p", locale: str | None = None,
-          channel: str | None = None, **identifiers: str) -> MemberEvent:
-    return MemberEvent.model_validate({
-        "event_id": f"e-{i}", "type": "member.enrolled", "occurred_at": "2026-01-01T00:00:00Z",
-        "program_id": program_id, "member_id": member_id, "identifiers": identifiers,
-        "locale": locale, "channel": channel})
 
 
 events = st.lists(st.tuples(

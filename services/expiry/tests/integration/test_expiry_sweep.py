@@ -14,7 +14,8 @@ import pytest
 
 from expiry.adapters.postgres import ExpiryRepository
 from expiry.handlers import SweepLimits, apply_member_events
-from loyalty.contracts import LedgerEvent, MemberEvent, Notification
+from loyalty.contracts import LedgerEvent, Notification
+from loyalty.testing import member_event
 
 pytestmark = pytest.mark.integration
 
@@ -303,22 +304,15 @@ async def test_an_event_naming_a_known_lot_again_is_dead_lettered_and_its_batch_
     assert b"another-id" in bytes(dead["value"])
 
 
-def member_event(type_: str, member_id: str, **identifiers: str) -> MemberEvent:
-    return MemberEvent.model_validate({
-        "event_id": f"{type_}-{member_id}-{len(identifiers)}", "type": type_,
-        "occurred_at": T0.isoformat(), "program_id": "p1", "member_id": member_id,
-        "identifiers": identifiers, "locale": "lt" if type_ == "member.enrolled" else None,
-        "channel": "sms" if type_ == "member.enrolled" else None})
-
-
 async def test_a_member_enrolled_and_linked_in_one_batch_is_one_row_at_the_first_try(
         world) -> None:
     """Two events of one member in one statement made the upsert fail ("cannot affect row a
     second time"): the batch was retried three times, then applied one event at a time."""
     async with world.expiry_pool.acquire() as conn, conn.transaction():
         await apply_member_events(ExpiryRepository(conn), [
-            member_event("member.enrolled", "m9", phone="+37060000009"),
-            member_event("member.identifier_linked", "m9", email="m9@example.com")])
+            member_event(1, "m9", "p1", "lt", "sms", phone="+37060000009"),
+            member_event(2, "m9", "p1", type_="member.identifier_linked",
+                         email="m9@example.com")])
     row = await world.expiry_pool.fetchrow(
         "SELECT locale, channel, phone, email FROM members WHERE member_id = 'm9'")
     assert dict(row) == {"locale": "lt", "channel": "sms", "phone": "+37060000009",
@@ -331,9 +325,8 @@ async def test_a_large_batch_of_enrolments_naming_a_member_already_known_still_a
     came first) makes that batch take the upsert instead, and keeps what it knew."""
     await world.program(program())
     await world.earn("p1", "m-known", 100, T0)  # the scheduler knows m-known from the ledger
-    enrolments = [member_event("member.enrolled", f"m-{i}", phone=f"+3706100{i:04}")
-                  for i in range(80)] + [member_event("member.enrolled", "m-known",
-                                                      phone="+37069999999")]
+    enrolments = [member_event(i, f"m-{i}", "p1", phone=f"+3706100{i:04}") for i in range(80)]
+    enrolments.append(member_event(80, "m-known", "p1", phone="+37069999999"))
     async with world.expiry_pool.acquire() as conn, conn.transaction():
         await apply_member_events(ExpiryRepository(conn), enrolments)
     assert await world.expiry_pool.fetchval("SELECT count(*) FROM members") == 81

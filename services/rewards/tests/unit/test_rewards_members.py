@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-from loyalty.contracts import MemberEvent
+from loyalty.testing import member_event as event
 from rewards.handlers import waiting_adopters
-
-
-def event(i: int, member_id: str = "m-1", program_id: str = "p", locale: str | None = None,
-          channel: str | None = None, **identifiers: str) -> MemberEvent:
-    return MemberEvent.model_validate({
-        "event_id": f"e-{i}", "type": "member.enrolled", "occurred_at": "2026-01-01T00:00:00Z",
-        "program_id": program_id, "member_id": member_id, "identifiers": identifiers,
-        "locale": locale, "channel": channel})
-
 
 
 def test_a_waiting_order_adopts_the_first_event_naming_it_in_its_own_program() -> None:

@@ -37,6 +37,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from loyalty import containers, db, kafka, topics
 from loyalty.cli import DEMO_PROGRAMS, publish_programs, wait_programs_applied
+from loyalty.contracts import MemberEvent
 from loyalty.infra import Infrastructure, start_infrastructure
 from loyalty.platform import Platform
 from loyalty.programs import load_programs_file
@@ -364,6 +365,16 @@ async def scratch_service_db(admin_dsn: str, service: str, migrations_dir: Path
 
 
 OUTSIDE_CAMPAIGNS = "2026-10-20T10:15:00+03:00"  # before the demo's double-weekend campaign
+
+
+def member_event(i: int, member_id: str = "m-1", program_id: str = "p",
+                 locale: str | None = None, channel: str | None = None, *,
+                 type_: str = "member.enrolled", **identifiers: str) -> MemberEvent:
+    """A `loyalty.members.v1` event, the `i`-th of a test (its id `e-i`)."""
+    return MemberEvent.model_validate({
+        "event_id": f"e-{i}", "type": type_, "occurred_at": "2026-01-01T00:00:00Z",
+        "program_id": program_id, "member_id": member_id, "identifiers": identifiers,
+        "locale": locale, "channel": channel})
 
 
 def purchase_event(customer: dict[str, str], total: str, *, program_id: str = "coffee-club",
