@@ -17,20 +17,26 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loyalty.contracts import POINTS_MAX, Id, Source, Timestamp
+from loyalty.contracts import ID_LEN_MAX, POINTS_MAX, Id, Source, Timestamp
 
 HOLD_TIMEOUT_S_MAX = 7 * 24 * 3600
+# A command id is a requester's prefix and the id of what caused it (`purchase:<event_id>`,
+# `adjustment:<event_id>`, ...): a contract id may take all of its 200 characters, and a
+# valid purchase must never be refused because the command it causes has a longer id.
+COMMAND_ID_LEN_MAX = ID_LEN_MAX + 56
+REASON_LEN_MAX = 1000
+CommandId = Annotated[str, Field(min_length=1, max_length=COMMAND_ID_LEN_MAX)]
 EXPIRE_LOTS_MAX = 1000
 
 
 class _Command(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    command_id: Id
+    command_id: CommandId
     program_id: Id
     member_id: Id
     occurred_at: Timestamp
-    reason: Annotated[str, Field(min_length=1, max_length=1000)]
+    reason: Annotated[str, Field(min_length=1, max_length=REASON_LEN_MAX)]
     source: Source
 
 
@@ -85,7 +91,7 @@ class Capture(_Command):
     """Spend a hold (all of it, or `points` of it; the rest is released)."""
 
     type: Literal["capture"] = "capture"
-    hold_id: Id
+    hold_id: CommandId
     points: Points | None = None
 
 
@@ -93,7 +99,7 @@ class Release(_Command):
     """Give a hold's points back to the member's available points."""
 
     type: Literal["release"] = "release"
-    hold_id: Id
+    hold_id: CommandId
 
 
 class ExpireLot(BaseModel):
@@ -126,7 +132,7 @@ class Reverse(_Command):
     recorded as owed. A debit, capture or expiry gives back exactly the lots it used."""
 
     type: Literal["reverse"] = "reverse"
-    target_id: Id
+    target_id: CommandId
     points: Points | None = None
     notify: Notify | None = None
 

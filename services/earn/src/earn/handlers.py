@@ -29,7 +29,7 @@ from loyalty.clock import Clock, IdProvider, stable_id
 from loyalty.contracts import ActivityEvent, AdjustmentEvent, PurchaseEvent
 from loyalty.expiry import expires_at_for
 from loyalty.identifiers import Identifiers, InvalidIdentifier, normalise_customer
-from loyalty.ledger_commands import Credit, Debit, Notify, Reverse
+from loyalty.ledger_commands import REASON_LEN_MAX, Credit, Debit, Notify, Reverse
 from loyalty.messaging import Outbox, Rejected
 from loyalty.notifications import choose_channel
 from loyalty.programs import ProgramDefinition
@@ -191,12 +191,19 @@ def _credit(outbox: Outbox, program: ProgramDefinition, member: Member, command_
     template = "points_adjusted" if kind == "adjustment" else "points_earned"
     credit = Credit(
         command_id=command_id, program_id=program.id, member_id=member.member_id,
-        occurred_at=occurred_at, points=points, reason=reason,
+        occurred_at=occurred_at, points=points, reason=_clipped(reason),
         source={"kind": kind, "id": source_id},
         expires_at=expires_at_for(program.expiry, program.time_zone, occurred_at),
         notify=_notify(member, program, template))
     outbox.add(topics.LEDGER_COMMANDS, member.member_id, credit.model_dump(mode="json"))
     metrics.count("earn", f"points_awarded_{kind}")
+
+
+def _clipped(reason: str) -> str:
+    """A reason the ledger keeps whole, or its first characters: a purchase that crosses many
+    category multipliers explains each, and must not be refused for its explanation (the order
+    keeps the whole breakdown)."""
+    return reason if len(reason) <= REASON_LEN_MAX else reason[:REASON_LEN_MAX - 1] + "\u2026"
 
 
 def _notify(member: Member | None, program: ProgramDefinition, template: str) -> Notify | None:

@@ -5,55 +5,13 @@ event behind it still takes effect (real PostgreSQL, earn's own consumers and ha
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
-
-import asyncpg
 import pytest
-import pytest_asyncio
+from earn_world import OCTOBER, consumers, outbox
 
-from earn import handlers
-from earn.adapters.postgres import EarnRepository
-from earn.entrypoints.consumers import EVENT_TOPICS, batch_handlers
 from loyalty import topics
-from loyalty.clock import FixedClock, UuidIds
-from loyalty.messaging import BatchConsumer, decoder
-from loyalty.programs import load_programs_file
-from loyalty.testing import purchase_event, scratch_service_db, topic_record, unique, unique_phone
+from loyalty.testing import purchase_event, topic_record, unique, unique_phone
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[4]
-MIGRATIONS = ROOT / "services" / "earn" / "migrations"
-OCTOBER = "2026-10-20T10:15:00+03:00"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def earn(infra) -> AsyncIterator[asyncpg.Pool]:
-    async with scratch_service_db(infra.pg_dsn, "earn", MIGRATIONS) as (_, pool):
-        [coffee] = [p for p in load_programs_file(ROOT / "programs" / "demo.yaml")
-                    if p.id == "coffee-club"]
-        async with pool.acquire() as conn:
-            await handlers.apply_program(EarnRepository(conn), coffee)
-        yield pool
-
-
-def consumers(pool: asyncpg.Pool) -> dict[str, BatchConsumer[Any]]:
-    deps = handlers.Deps(clock=FixedClock(datetime(2026, 10, 20, 8, tzinfo=UTC)), ids=UuidIds())
-    by_topic = batch_handlers(deps)
-    return {topic: BatchConsumer(service="earn", topic=topic, pool=pool, decode=decoder(model),
-                                 handle_batch=by_topic[topic], retry_backoff_max_s=0.01)
-            for topic, (model, _) in EVENT_TOPICS.items()}
-
-
-async def outbox(pool: asyncpg.Pool) -> list[tuple[str, dict[str, Any]]]:
-    """(topic, payload) of what earn emitted, a dead letter as (topic, its headers)."""
-    rows = await pool.fetch("SELECT topic, value, headers FROM outbox ORDER BY id")
-    return [(r["topic"], r["headers"] if r["topic"].endswith(".dlq") else json.loads(r["value"]))
-            for r in rows]
 
 
 async def test_events_redelivered_after_their_inbox_rows_are_gone_change_nothing(earn) -> None:
