@@ -10,7 +10,6 @@ per table. Rows that are new, nearly all of them when shoppers enrol, go in by C
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -81,23 +80,26 @@ def first_owners(events: list[MemberEvent]) -> list[tuple[str, str, str, str]]:
     return [(*k, owners[k]) for k in sorted(owners)]
 
 
-async def save_identifiers(conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str]],
-                           *, keep_first: bool = False) -> None:
-    """(program, kind, value, member) rows with distinct keys (`latest_owners`, or
-    `first_owners` with `keep_first`, which also keeps an owner already stored)."""
+async def save_identifiers(conn: asyncpg.Connection, events: list[MemberEvent], *,
+                           keep_first: bool = False) -> None:
+    """The identifiers a batch of member events names, each to its latest owner
+    (`latest_owners`), or with `keep_first` to its first (`first_owners`), which also keeps an
+    owner already stored."""
+    rows = first_owners(events) if keep_first else latest_owners(events)
     if rows and not await copy_if_new(conn, "identifiers", IDENTIFIER_COLUMNS, rows):
         await insert_many(conn, "identifiers", IDENTIFIER_COLUMNS, rows, suffix=(
             "ON CONFLICT DO NOTHING" if keep_first else "ON CONFLICT (program_id, kind, value)"
             " DO UPDATE SET member_id = EXCLUDED.member_id"))
 
 
-async def save_contacts(conn: asyncpg.Connection, contacts: Sequence[Contact],
-                        enrolled: set[tuple[str, str]]) -> None:
-    """`merge_contacts`'s rows into `members`: those of members `enrolled` in this batch by
-    COPY when they are many, the rest (and all, if one of them was there already) by the
-    upsert; columns beyond the contact keep their defaults on a new row."""
+async def save_contacts(conn: asyncpg.Connection, events: list[MemberEvent]) -> None:
+    """A batch of member events merged into `members` (`merge_contacts`): the rows of the
+    members this batch enrolled by COPY when they are many, the rest (and all, if one of them
+    was there already) by the upsert; columns beyond the contact keep their defaults on a new
+    row."""
+    enrolled = {(e.program_id, e.member_id) for e in events if e.type == "member.enrolled"}
     rows = [(c.program_id, c.member_id, c.locale, c.channel, c.phone, c.email)
-            for c in contacts]
+            for c in merge_contacts(events)]
     new = [r for r in rows if (r[0], r[1]) in enrolled]
     if new and await copy_if_new(conn, "members", CONTACT_COLUMNS, new):
         rows = [r for r in rows if (r[0], r[1]) not in enrolled]

@@ -36,7 +36,6 @@ from expiry.domain.schedule import (
 from loyalty import metrics, topics
 from loyalty.contracts import MemberEvent
 from loyalty.ledger_commands import EXPIRE_LOTS_MAX, Expire, ExpireLot
-from loyalty.member_copies import latest_owners, merge_contacts
 from loyalty.messaging import Outbox
 from loyalty.notifications import build_notification, choose_channel
 from loyalty.programs import ProgramDefinition
@@ -77,9 +76,8 @@ async def apply_program(repo: ExpiryRepository, definition: ProgramDefinition) -
 async def apply_member_events(repo: ExpiryRepository, events: list[MemberEvent]) -> None:
     """A batch of member events, merged per member (a member enrolled and linked in one batch
     is one row) and per identifier (the latest link wins)."""
-    await repo.save_contacts(merge_contacts(events), {
-        (e.program_id, e.member_id) for e in events if e.type == "member.enrolled"})
-    await repo.save_identifiers(latest_owners(events))
+    await repo.save_contacts(events)
+    await repo.save_identifiers(events)
 
 
 @dataclass

@@ -21,7 +21,6 @@ from loyalty.contracts import LedgerEvent, MemberEvent, RedemptionCancelled, Red
 from loyalty.expiry import expires_at_for
 from loyalty.identifiers import InvalidIdentifier, normalise_customer
 from loyalty.ledger_commands import POINTS_MAX, Capture, Credit, Release, Reserve
-from loyalty.member_copies import first_owners, merge_contacts
 from loyalty.messaging import Outbox, Rejected
 from loyalty.notifications import build_notification, choose_channel
 from loyalty.programs import ProgramDefinition
@@ -166,9 +165,8 @@ async def member_events(repo: RewardsRepository, deps: Deps, events: list[Member
     """Keep our copy of a batch of members, set-based (one upsert of the members, one insert
     of their identifiers, one query for the orders waiting for them: 3 statements a batch,
     not 3 a member); start the orders that were waiting, each as its own event would have."""
-    await repo.save_members(merge_contacts(events), {
-        (e.program_id, e.member_id) for e in events if e.type == "member.enrolled"})
-    await repo.save_identifiers(first_owners(events))
+    await repo.save_members(events)
+    await repo.save_identifiers(events)
     waiting = await repo.orders_waiting_for(list(dict.fromkeys(
         (e.program_id, f"{k}:{v}") for e in events for k, v in e.identifiers.items())))
     if not waiting:

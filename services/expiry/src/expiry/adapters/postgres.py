@@ -18,6 +18,7 @@ import asyncpg
 
 from expiry.domain.schedule import ExpireOrder, LotDue, Program
 from loyalty import member_copies
+from loyalty.contracts import MemberEvent
 from loyalty.db import insert_many
 
 
@@ -117,13 +118,12 @@ class ExpiryRepository:
             " $3::timestamptz[]) AS t(p, m, due) WHERE m.program_id = t.p AND m.member_id = t.m",
             *map(list, zip(*dues, strict=True)))
 
-    async def save_contacts(self, contacts: Sequence[member_copies.Contact],
-                            enrolled: set[tuple[str, str]]) -> None:
-        await member_copies.save_contacts(self.conn, contacts, enrolled)
+    async def save_contacts(self, events: list[MemberEvent]) -> None:
+        await member_copies.save_contacts(self.conn, events)
 
-    async def save_identifiers(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
-        """(program, kind, value, member), distinct keys; the latest link wins."""
-        await member_copies.save_identifiers(self.conn, rows)
+    async def save_identifiers(self, events: list[MemberEvent]) -> None:
+        """The latest link of an identifier wins."""
+        await member_copies.save_identifiers(self.conn, events)
 
     async def contacts(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Contact]:
         keys = list(set(keys))

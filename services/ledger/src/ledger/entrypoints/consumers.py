@@ -10,7 +10,7 @@ from ledger.adapters.postgres import LedgerRepository
 from loyalty import metrics, topics
 from loyalty.contracts import MemberEvent
 from loyalty.ledger_commands import AnyCommand, LedgerCommand
-from loyalty.member_copies import latest_owners, save_identifiers
+from loyalty.member_copies import save_identifiers
 from loyalty.messaging import Envelope, Outbox, decoder
 from loyalty.periodic import every
 from loyalty.service import Runtime
@@ -25,7 +25,7 @@ decode_command = decoder(TypeAdapter(LedgerCommand), id_field="command_id")
 async def on_members(conn: asyncpg.Connection, envs: list[Envelope[MemberEvent]],
                      _: Outbox) -> None:
     """The identifier lookup behind the member routes, a batch of member events at once."""
-    await save_identifiers(conn, latest_owners([e.message for e in envs]))
+    await save_identifiers(conn, [e.message for e in envs])
 
 
 def wire(runtime: Runtime) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from loyalty import member_copies
+from loyalty.contracts import MemberEvent
 from loyalty.member_copies import Contact
 from loyalty.programs import ProgramDefinition
 from rewards.domain.saga import AWAITING_LEDGER, Order, State
@@ -188,16 +189,14 @@ class RewardsRepository:
 
     # -- members --------------------------------------------------------------------------------
 
-    async def save_members(self, contacts: Sequence[Contact],
-                           enrolled: set[tuple[str, str]]) -> None:
-        """One statement for a batch (`merge_contacts`: distinct keys); None keeps what is
-        known."""
-        await member_copies.save_contacts(self.conn, contacts, enrolled)
+    async def save_members(self, events: list[MemberEvent]) -> None:
+        """A batch of member events in one statement; None keeps what is known."""
+        await member_copies.save_contacts(self.conn, events)
 
-    async def save_identifiers(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
-        """(program, kind, value, member), in one statement. The first owner of an identifier
-        keeps it (earn never moves one either)."""
-        await member_copies.save_identifiers(self.conn, rows, keep_first=True)
+    async def save_identifiers(self, events: list[MemberEvent]) -> None:
+        """In one statement. The first owner of an identifier keeps it (earn never moves one
+        either)."""
+        await member_copies.save_identifiers(self.conn, events, keep_first=True)
 
     async def find_member(self, program_id: str, identifiers: list[tuple[str, str]]
                           ) -> Member | None:
