@@ -86,6 +86,15 @@ def listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+def running(process: psutil.Process) -> bool:
+    """Alive and not a zombie; a process that ends between the two questions has ended (its
+    status then raises `NoSuchProcess`: seen once in a fresh-clone run)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def pid_listening_on(port: int) -> int:
     for conn in psutil.net_connections(kind="tcp"):
         if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
@@ -155,7 +164,7 @@ async def test_kill_9_of_loyalty_up_leaves_no_process_and_no_port(tmp_path) -> N
         up.proc.wait()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            alive = [p for p in tree if running(p)]
             ports = [p for p in up.ports.values() if listening(p)]
             if not alive and not ports:
                 break
@@ -188,6 +197,6 @@ async def test_a_stop_that_cannot_drain_says_what_is_left_and_ends_within_30_s(
         assert took < 30, text
         assert "not drained; stopping anyway" in text
         assert "earn: loyalty.purchases.v1[" in text and "lag" in text
-        alive = [p for p in postgres if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in postgres if running(p)]
         assert alive == []
         assert not [p for p in up.ports.values() if listening(p)]
