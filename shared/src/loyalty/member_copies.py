@@ -62,30 +62,25 @@ def _later(earlier: str | None, later: str | None) -> str | None:
     return earlier if later is None else later
 
 
-def latest_owners(events: list[MemberEvent]) -> list[tuple[str, str, str, str]]:
-    """(program, kind, value, member): an identifier named twice goes to its latest owner."""
+def identifier_owners(events: list[MemberEvent], *, keep_first: bool = False
+                      ) -> list[tuple[str, str, str, str]]:
+    """(program, kind, value, member), sorted: an identifier named twice in a batch goes to
+    its latest owner, or with `keep_first` to its first."""
     owners: dict[tuple[str, str, str], str] = {}
     for e in events:
         for kind, value in e.identifiers.items():
-            owners[(e.program_id, kind, value)] = e.member_id
-    return [(*k, owners[k]) for k in sorted(owners)]
-
-
-def first_owners(events: list[MemberEvent]) -> list[tuple[str, str, str, str]]:
-    """(program, kind, value, member): an identifier named twice goes to its first owner."""
-    owners: dict[tuple[str, str, str], str] = {}
-    for e in events:
-        for kind, value in e.identifiers.items():
-            owners.setdefault((e.program_id, kind, value), e.member_id)
+            key = (e.program_id, kind, value)
+            if not keep_first or key not in owners:
+                owners[key] = e.member_id
     return [(*k, owners[k]) for k in sorted(owners)]
 
 
 async def save_identifiers(conn: asyncpg.Connection, events: list[MemberEvent], *,
                            keep_first: bool = False) -> None:
-    """The identifiers a batch of member events names, each to its latest owner
-    (`latest_owners`), or with `keep_first` to its first (`first_owners`), which also keeps an
-    owner already stored."""
-    rows = first_owners(events) if keep_first else latest_owners(events)
+    """The identifiers a batch of member events names, each to its latest owner, or with
+    `keep_first` to its first (`identifier_owners`), which also keeps an owner already
+    stored."""
+    rows = identifier_owners(events, keep_first=keep_first)
     if rows and not await copy_if_new(conn, "identifiers", IDENTIFIER_COLUMNS, rows):
         await insert_many(conn, "identifiers", IDENTIFIER_COLUMNS, rows, suffix=(
             "ON CONFLICT DO NOTHING" if keep_first else "ON CONFLICT (program_id, kind, value)"
