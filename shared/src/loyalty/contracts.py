@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Annotated, Any, Literal
 
 from babel import Locale, UnknownLocaleError
@@ -21,6 +21,8 @@ from pydantic import (
     PlainSerializer,
     model_validator,
 )
+
+from loyalty.identifiers import Identifiers, normalise_customer
 
 ID_LEN_MAX = 200
 TEXT_LEN_MAX = 500
@@ -82,6 +84,12 @@ class Customer(_Message):
         if not any((self.customer_id, self.phone, self.email, self.card_token)):
             raise ValueError("customer needs at least one of customer_id, phone, email, card_token")
         return self
+
+    @cached_property
+    def identifiers(self) -> Identifiers:
+        """The identifiers in their normal forms (`loyalty.identifiers`), worked out once: the
+        batch's loader and the handler both ask. Raises `InvalidIdentifier`."""
+        return normalise_customer(self.model_dump(exclude_none=True))
 
 
 class Item(_Message):

@@ -10,9 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 import structlog
@@ -68,6 +66,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         level_no = logging.INFO
     shared = [
         structlog.contextvars.merge_contextvars,
+        _add_correlation_id,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -94,23 +93,36 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     logging.getLogger("loyalty.faststream").setLevel(logging.WARNING)
 
 
-# The id also in a variable of its own: structlog's get_contextvars() copies the whole
-# context to find it, and the outbox asks for it once per message.
+# The correlation id lives in a variable of its own, which a processor adds to each log line:
+# every record sets it, and binding it through structlog's contextvars cost ~7 us a record
+# (a copy of the whole context each time), where setting a ContextVar costs a fraction of one.
 _correlation_id: ContextVar[str | None] = ContextVar("loyalty_correlation_id", default=None)
 
 
-@contextmanager
-def correlation(correlation_id: str | None) -> Iterator[None]:
-    """Bind a correlation id to every log line written inside the block."""
-    if not correlation_id:
-        yield
-        return
-    token = _correlation_id.set(correlation_id)
-    try:
-        with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
-            yield
-    finally:
-        _correlation_id.reset(token)
+class correlation:  # lower case: it reads as the function it replaced, `with correlation(id):`
+    """Bind a correlation id to every log line written inside the block (and to the headers
+    of the messages it adds to an outbox)."""
+
+    __slots__ = ("_id", "_token")
+
+    def __init__(self, correlation_id: str | None) -> None:
+        self._id = correlation_id or None
+        self._token: Token[str | None] | None = None
+
+    def __enter__(self) -> None:
+        if self._id:
+            self._token = _correlation_id.set(self._id)
+
+    def __exit__(self, *_: object) -> None:
+        if self._token is not None:
+            _correlation_id.reset(self._token)
+            self._token = None
+
+
+def _add_correlation_id(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    if (cid := _correlation_id.get()) is not None:
+        event_dict.setdefault("correlation_id", cid)
+    return event_dict
 
 
 def current_correlation_id() -> str | None:

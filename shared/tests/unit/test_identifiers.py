@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from loyalty.contracts import Customer
 from loyalty.identifiers import (
     Identifiers,
     InvalidIdentifier,
@@ -236,3 +237,17 @@ def test_email_normalisation_is_idempotent_and_case_blind(local, domain):
 
     assert normalise_email(normal) == normal
     assert normalise_email(f"  {email.upper()} ") == normal
+
+
+def test_a_customer_object_gives_its_normalised_identifiers_and_stays_an_equal_value() -> None:
+    typed = Customer(phone="+370 600 00001", email=" Jonas@Example.COM")
+    assert typed.identifiers.items() == [("phone", "+37060000001"),
+                                         ("email", "jonas@example.com")]
+    assert typed.identifiers is typed.identifiers  # worked out once
+    # What the contract says of the object is unchanged by having asked.
+    assert typed == Customer(phone="+370 600 00001", email=" Jonas@Example.COM")
+    assert typed.model_dump(exclude_none=True) == {"phone": "+370 600 00001",
+                                                   "email": " Jonas@Example.COM"}
+    with pytest.raises(InvalidIdentifier) as refused:
+        _ = Customer(phone="600 00001").identifiers
+    assert refused.value.code == "invalid_phone"

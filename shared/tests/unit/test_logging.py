@@ -63,3 +63,16 @@ def test_tracebacks_are_masked_too(json_logs, capsys) -> None:
     err = capsys.readouterr().err
     assert "+3706*****01" in err and "j***@example.com" in err
     assert "37060000001" not in err and "jonas@example.com" not in err
+
+
+def test_a_correlation_id_holds_inside_its_block_only(json_logs, capsys) -> None:
+    log = structlog.get_logger("probe")
+    with correlation("outer"):
+        with correlation("inner"):
+            log.info("a")
+        logging.getLogger("aiokafka").warning("b")  # the standard library's loggers too
+    log.info("c")
+    with correlation(None):
+        log.info("d")
+    lines = [json.loads(x) for x in capsys.readouterr().err.strip().splitlines()]
+    assert [line.get("correlation_id") for line in lines] == ["inner", "outer", None, None]

@@ -26,9 +26,9 @@ from earn.domain.rules import (
 )
 from loyalty import metrics, topics
 from loyalty.clock import Clock, IdProvider, stable_id
-from loyalty.contracts import ActivityEvent, AdjustmentEvent, PurchaseEvent
+from loyalty.contracts import ActivityEvent, AdjustmentEvent, Customer, PurchaseEvent
 from loyalty.expiry import expires_at_for
-from loyalty.identifiers import Identifiers, InvalidIdentifier, normalise_customer
+from loyalty.identifiers import Identifiers, InvalidIdentifier
 from loyalty.ledger_commands import REASON_LEN_MAX, Credit, Debit, Notify, Reverse
 from loyalty.messaging import Outbox, Rejected
 from loyalty.notifications import choose_channel
@@ -72,9 +72,9 @@ async def _program(repo: BatchEarnRepository, program_id: str) -> tuple[int, Pro
     return found
 
 
-def _identifiers(customer: Any) -> Identifiers:
+def _identifiers(customer: Customer) -> Identifiers:
     try:
-        return normalise_customer(customer.model_dump(exclude_none=True))
+        return customer.identifiers
     except InvalidIdentifier as exc:
         raise Rejected(exc.code, str(exc)) from None
 

@@ -19,7 +19,7 @@ from loyalty import metrics, topics
 from loyalty.clock import Clock, stable_id
 from loyalty.contracts import LedgerEvent, MemberEvent, RedemptionCancelled, RedemptionRequested
 from loyalty.expiry import expires_at_for
-from loyalty.identifiers import InvalidIdentifier, normalise_customer
+from loyalty.identifiers import InvalidIdentifier
 from loyalty.ledger_commands import POINTS_MAX, Capture, Credit, Release, Reserve
 from loyalty.messaging import Outbox, Rejected
 from loyalty.notifications import build_notification, choose_channel
@@ -74,7 +74,7 @@ def step_of(order_id: str, ledger_command_id: str) -> str | None:
 async def redemption_requested(repo: RewardsRepository, deps: Deps, event: RedemptionRequested,
                                outbox: Outbox) -> None:
     try:
-        identifiers = normalise_customer(event.customer.model_dump(exclude_none=True)).items()
+        identifiers = event.customer.identifiers.items()
     except InvalidIdentifier as exc:
         raise Rejected(exc.code, exc.message) from None
     program = await repo.program(event.program_id)

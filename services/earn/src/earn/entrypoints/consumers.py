@@ -11,8 +11,8 @@ from earn import handlers
 from earn.adapters.batch import BatchEarnRepository
 from earn.adapters.postgres import EarnRepository
 from loyalty import metrics, topics
-from loyalty.contracts import ActivityEvent, AdjustmentEvent, PurchaseEvent
-from loyalty.identifiers import InvalidIdentifier, normalise_customer
+from loyalty.contracts import ActivityEvent, AdjustmentEvent, Customer, PurchaseEvent
+from loyalty.identifiers import InvalidIdentifier
 from loyalty.logging import correlation
 from loyalty.messaging import BatchHandler, ConcurrentWrite, Envelope, Outbox, Rejected, decoder
 from loyalty.programs import ProgramDefinition, ProgramFileError
@@ -72,10 +72,10 @@ def batched(apply: Callable[[BatchEarnRepository, Any, Outbox], Awaitable[None]]
     return handle
 
 
-def identifier_items(customer: Any) -> list[tuple[str, str]]:
+def identifier_items(customer: Customer) -> list[tuple[str, str]]:
     """The customer's normalised identifiers, or none if one is invalid (the handler says so)."""
     try:
-        return normalise_customer(customer.model_dump(exclude_none=True)).items()
+        return customer.identifiers.items()
     except InvalidIdentifier:
         return []
 
