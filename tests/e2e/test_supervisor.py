@@ -8,6 +8,7 @@ temporary data folder and on free ports (so a developer's own `make run` is not 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import random
@@ -170,6 +171,26 @@ async def test_kill_9_of_loyalty_up_leaves_no_process_and_no_port(tmp_path) -> N
                 break
             await asyncio.sleep(0.1)
         assert alive == [] and ports == []
+        # ... and the data folder is free for the next `loyalty up` (the kernel dropped its lock).
+        lock = os.open(up.data_dir / "up.lock", os.O_RDONLY)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(lock)
+
+
+async def test_a_second_loyalty_up_on_the_same_folder_refuses_and_the_first_runs_on(
+        tmp_path) -> None:
+    """Two terminals, one data folder: the second says why it cannot start, and does not stop
+    the first one's Postgres from under it."""
+    with loyalty_up(tmp_path) as up:
+        postgres = [p for p in up.tree() if p.name() == "postgres"]
+        second = subprocess.run([sys.executable, "-m", "loyalty.cli", "up"], env=up.env,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert "already running" in second.stderr and f"pid {up.proc.pid}" in second.stderr
+        assert postgres and all(running(p) for p in postgres)
+        assert up.proc.poll() is None and "ledger audit: clean" in audit(up).stdout
 
 
 async def test_a_stop_that_cannot_drain_says_what_is_left_and_ends_within_30_s(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import importlib
 import importlib.util
 import json
@@ -21,7 +22,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import asyncpg
@@ -151,6 +152,10 @@ async def _up(programs_file: Path) -> int:
         return 2
     root = data_dir()
     root.mkdir(parents=True, exist_ok=True)
+    claim = _claim(root)
+    if isinstance(claim, str):
+        print(f"error: {claim}", file=sys.stderr)
+        return 2
     token = os.environ.get("LOYALTY_API_TOKEN") or secrets.token_urlsafe(18)
     # loyalty-devtools: the embedded database, the local broker and the supervisor. Checked in
     # cmd_up, so a production image without them says so instead of a traceback.
@@ -197,7 +202,30 @@ async def _up(programs_file: Path) -> int:
         platform.stop()
         infra.stop()
         _runtime_file().unlink(missing_ok=True)
+        claim.close()
         print("stopped.", flush=True)
+
+
+def _claim(root: Path) -> IO[str] | str:
+    """The data folder, for this process alone: an exclusive lock held while the returned
+    file is open, which the kernel drops however the process ends (SIGKILL included), so a
+    `loyalty up` that died never blocks the next. A second `loyalty up` on the same folder
+    would otherwise stop the first one's Postgres from under it: it gets the reason instead."""
+    lock = open(root / "up.lock", "a+")  # open, and so locked, until the platform stops
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        return (f"the platform is already running on {root} (loyalty up, pid {holder}); "
+                "stop it first (Ctrl-C in its terminal), or set LOYALTY_DATA_DIR to another "
+                "folder for a second one")
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def _say(line: str) -> None:

@@ -56,7 +56,7 @@ def _wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Pope
 
 
 def _stop_pid(pid: int, timeout_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL if the process is still there after `timeout_s`."""
+    """SIGTERM, then SIGKILL if the process is still there after `timeout_s`, and wait for it."""
     import psutil
 
     try:
@@ -66,8 +66,11 @@ def _stop_pid(pid: int, timeout_s: float = 10.0) -> None:
     except psutil.NoSuchProcess:
         return
     except psutil.TimeoutExpired:
-        with contextlib.suppress(psutil.NoSuchProcess):
+        # Gone before returning: a Postgres started next refuses a data folder whose
+        # postmaster.pid names a process that still exists.
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
             proc.kill()
+            proc.wait(timeout_s)
 
 
 def _kill_tree(pid: int) -> None:
