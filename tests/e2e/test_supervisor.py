@@ -179,6 +179,28 @@ async def test_kill_9_of_loyalty_up_leaves_no_process_and_no_port(tmp_path) -> N
             os.close(lock)
 
 
+def test_a_taken_port_is_said_plainly_and_nothing_is_left_running(tmp_path) -> None:
+    ports = {name: free_port() for name in SERVICES}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LOYALTY_PG_DSN", "LOYALTY_KAFKA_BOOTSTRAP")}
+    env.update({f"{env_prefix(name)}_HTTP_PORT": str(port) for name, port in ports.items()},
+               LOYALTY_DATA_DIR=str(tmp_path / "data"))
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports["ledger"]))
+        squatter.listen()
+        up = subprocess.Popen([sys.executable, "-m", "loyalty.cli", "up"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+        out, err = up.communicate(timeout=120)
+    assert up.returncode == 2, out + err
+    assert f"error: port {ports['ledger']} for ledger is taken" in err
+    assert "Traceback" not in err
+    # It had started Postgres and the broker in its data folder: both are gone.
+    assert "postgres" in (tmp_path / "data" / "postgres" / "pgdata" / "server.log").read_text()
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if str(tmp_path) in " ".join(p.info["cmdline"] or ())]
+
+
 async def test_a_second_loyalty_up_on_the_same_folder_refuses_and_the_first_runs_on(
         tmp_path) -> None:
     """Two terminals, one data folder: the second says why it cannot start, and does not stop

@@ -159,10 +159,14 @@ async def _up(programs_file: Path) -> int:
     token = os.environ.get("LOYALTY_API_TOKEN") or secrets.token_urlsafe(18)
     # loyalty-devtools: the embedded database, the local broker and the supervisor. Checked in
     # cmd_up, so a production image without them says so instead of a traceback.
-    from loyalty.infra import start_infrastructure
+    from loyalty.infra import StartupError, start_infrastructure
     from loyalty.platform import Platform
 
-    infra = start_infrastructure(root)
+    try:
+        infra = start_infrastructure(root)
+    except (StartupError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     platform = Platform(infra.pg_dsn, infra.kafka_bootstrap, token, root)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -170,9 +174,13 @@ async def _up(programs_file: Path) -> int:
         loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task] = []
     try:
-        await platform.prepare()
-        platform.start()
-        await platform.wait_ready()
+        try:
+            await platform.prepare()
+            platform.start()
+            await platform.wait_ready()
+        except (StartupError, TimeoutError) as exc:  # a port taken, a service that died ...
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 2
         await publish_programs(infra.kafka_bootstrap, programs)
         await wait_programs_applied(platform.services["earn"].url, token, programs)
         tasks.append(asyncio.create_task(_sink(await _open_sink(infra.kafka_bootstrap), stop)))

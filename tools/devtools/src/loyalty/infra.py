@@ -38,6 +38,11 @@ BROKER_START_TIMEOUT_S = 20
 PG_SYSTEM_USER = "embedded_postgres"
 
 
+class StartupError(RuntimeError):
+    """The local platform could not start, for a reason its user can fix: the message says
+    which and how (`loyalty up` prints it without a traceback)."""
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -48,7 +53,7 @@ def _wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Pope
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {host}:{port} opened")
+            raise StartupError(f"process exited with {proc.returncode} before {host}:{port} opened")
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
             return
         time.sleep(0.02)
@@ -198,7 +203,7 @@ class EmbeddedPostgres:
         deadline = time.monotonic() + PG_START_TIMEOUT_S
         while True:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"postgres exited with {self.proc.returncode}; "
+                raise StartupError(f"postgres exited with {self.proc.returncode}; "
                                    f"see {self.pgdata / 'server.log'}")
             ready = subprocess.run([self._bin("pg_isready"), "-q", "-h", "127.0.0.1",
                                     "-p", str(self.port), "-U", PG_SUPERUSER])

@@ -34,7 +34,7 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from loyalty import db, kafka
-from loyalty.infra import free_port
+from loyalty.infra import StartupError, free_port
 from loyalty.logging import mask_pii
 from loyalty.processes import dies_with_parent
 
@@ -159,7 +159,7 @@ class Platform:
         port = int(os.environ.get(f"{env_prefix(name)}_HTTP_PORT", SERVICES[name][2]))
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
-                raise RuntimeError(
+                raise StartupError(
                     f"port {port} for {name} is taken (another `loyalty up`?); stop it or set "
                     f"{env_prefix(name)}_HTTP_PORT")
         return port
@@ -195,7 +195,7 @@ class Platform:
                 service = self.services[name]
                 while True:
                     if service.proc is not None and service.proc.poll() is not None:
-                        raise RuntimeError(f"{name} exited with {service.proc.returncode}; "
+                        raise StartupError(f"{name} exited with {service.proc.returncode}; "
                                            f"see {service.log_path}")
                     with contextlib.suppress(aiohttp.ClientError, OSError):
                         async with http.get(service.url + "/readyz") as resp:
