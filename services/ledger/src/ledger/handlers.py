@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from ledger.adapters.postgres import LedgerRepository
-from ledger.domain.model import Changes, Ledger, Refused, rejection_event
+from ledger.domain.model import READS_LOTS, Changes, Ledger, Refused, rejection_event
 from loyalty import metrics, topics
 from loyalty.ledger_commands import (
     AnyCommand,
@@ -37,7 +37,8 @@ async def apply_commands(repo: LedgerRepository, commands: list[AnyCommand], now
                          outbox: Outbox) -> None:
     keys = sorted({(c.program_id, c.member_id) for c in commands})
     hold_ids = [c.hold_id for c in commands if isinstance(c, Capture | Release)]
-    books = await repo.load_books(keys, hold_ids)
+    books = await repo.load_books(keys, hold_ids, lots_of={
+        (c.program_id, c.member_id) for c in commands if isinstance(c, READS_LOTS)})
     movements = await repo.load_movements(
         [c.target_id for c in commands if isinstance(c, Reverse)], books)
     lot_ids = iter(await repo.allocate_lot_ids(
@@ -105,7 +106,7 @@ async def time_out_holds(repo: LedgerRepository, now: datetime, outbox: Outbox) 
     keys = await repo.due_holds(now, HOLD_SWEEP_MEMBERS_MAX)
     if not keys:
         return 0
-    books = await repo.load_books(sorted(keys), [])
+    books = await repo.load_books(sorted(keys), [], lots_of=set())
     changes = Changes()
     ledger = Ledger(changes, lambda: 0)
     for book in books.values():

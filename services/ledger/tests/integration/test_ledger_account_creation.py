@@ -36,7 +36,7 @@ async def test_an_account_another_transaction_creates_meanwhile_makes_the_batch_
         tx = first.transaction()
         await tx.start()
         repo = LedgerRepository(first)
-        books = await repo.load_books([("p1", member)], [])
+        books = await repo.load_books([("p1", member)], [], lots_of=set())
         assert repo.new_books == {("p1", member): books[("p1", member)]}
         books[("p1", member)].balance = 7
         await repo.persist(Changes())  # creates it with its final balance, uncommitted
@@ -44,7 +44,8 @@ async def test_an_account_another_transaction_creates_meanwhile_makes_the_batch_
         async def load_and_persist_in_second():
             async with second.transaction():
                 repo = LedgerRepository(second)
-                books = await repo.load_books([("p1", member)], [])  # does not see it yet
+                # It does not see the first one's account yet.
+                books = await repo.load_books([("p1", member)], [], lots_of=set())
                 await repo.persist(Changes())  # waits on the first's insert
                 return books
 
@@ -56,7 +57,7 @@ async def test_an_account_another_transaction_creates_meanwhile_makes_the_batch_
             await asyncio.wait_for(racing, 10)
         async with second.transaction():  # the retry
             repo = LedgerRepository(second)
-            books = await repo.load_books([("p1", member)], [])
+            books = await repo.load_books([("p1", member)], [], lots_of=set())
             assert repo.new_books == {}
     assert books[("p1", member)].balance == 7  # the committed row, not a blank one
     assert await ledger.fetchval(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Set
 from datetime import datetime
 
 import asyncpg
@@ -36,9 +37,10 @@ class LedgerRepository:
         # The books `load_books` found no account for: `persist` creates them.
         self.new_books: dict[tuple[str, str], Book] = {}
 
-    async def load_books(self, keys: list[tuple[str, str]],
-                         hold_ids: list[str]) -> dict[tuple[str, str], Book]:
-        """Accounts, open lots and relevant holds of these members.
+    async def load_books(self, keys: list[tuple[str, str]], hold_ids: list[str], *,
+                         lots_of: Set[tuple[str, str]]) -> dict[tuple[str, str], Book]:
+        """Accounts and relevant holds of these members, and the open lots of those in
+        `lots_of` (the members whose commands read their lots: `model.READS_LOTS`).
 
         The account rows are locked in key order until the transaction ends, so two
         transactions touching the same members queue instead of deadlocking. A member without
@@ -62,11 +64,13 @@ class LedgerRepository:
         if not found:  # new members have no lots and no holds yet
             return books | self.new_books
         program_ids, member_ids = [p for p, _ in found], [m for _, m in found]
-        for r in await self.conn.fetch(
-                "SELECT lot_id, program_id, member_id, points, remaining, earned_at, expires_at,"
-                " command_id FROM lots WHERE remaining > 0 AND (program_id, member_id) IN"
-                " (SELECT * FROM unnest($1::text[], $2::text[]))", program_ids, member_ids):
-            books[(r["program_id"], r["member_id"])].lots[r["lot_id"]] = _lot(r)
+        if spenders := [key for key in found if key in lots_of]:
+            for r in await self.conn.fetch(
+                    "SELECT lot_id, program_id, member_id, points, remaining, earned_at,"
+                    " expires_at, command_id FROM lots WHERE remaining > 0 AND"
+                    " (program_id, member_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+                    [p for p, _ in spenders], [m for _, m in spenders]):
+                books[(r["program_id"], r["member_id"])].lots[r["lot_id"]] = _lot(r)
         for r in await self.conn.fetch(
                 "SELECT * FROM holds WHERE ((program_id, member_id) IN"
                 " (SELECT * FROM unnest($1::text[], $2::text[])) AND status = 'active')"

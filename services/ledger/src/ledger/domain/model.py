@@ -35,6 +35,10 @@ PROGRAM_ACCOUNTS = {ISSUED: "issued", REDEEMED: "redeemed", EXPIRED: "expired",
                     ADJUSTED: "adjusted"}
 # Movements that count as the member's activity (earning or spending) for inactivity expiry.
 ACTIVITY = {"credit", "debit", "capture"}
+# The commands that read a member's open lots: to spend them, expire them or give points
+# back. The others add a lot or change only the account, so the books of a batch without
+# these are loaded without their lots (a member's lots grow with every purchase).
+READS_LOTS = (Debit, Capture, Expire, Reverse)
 COUNTER_ACCOUNT = {"purchase": ISSUED, "return": ISSUED, "activity": ISSUED,
                    "adjustment": ADJUSTED, "redemption": REDEEMED, "expiry": EXPIRED,
                    "sunset": EXPIRED}
