@@ -2,10 +2,12 @@
 
 The handlers are written record by record against a repository; this one makes a whole batch
 cost a handful of queries instead of several per record. Everything a batch can read is loaded
-up front (programs, the members its identifiers name, their orders and awards of the last 12
-months, the orders it returns). Each record's writes are staged and journalled: a `Rejected`
-record is rolled back in memory, as a savepoint would be. At the end, `flush` writes what the
-accepted records did with one statement per table.
+up front: programs, the members its identifiers name, the orders it returns, and what its
+members earned in the 12 months before each of its events (one sum per member for what every
+event's window holds, row by row only what some of them hold: a frequent shopper's year of
+orders costs one number, not a row each). Each record's writes are staged and journalled: a
+`Rejected` record is rolled back in memory, as a savepoint would be. At the end, `flush`
+writes what the accepted records did with one statement per table.
 """
 
 from __future__ import annotations
@@ -42,8 +44,7 @@ AWARD_COLUMNS = (("event_id", "text"), ("program_id", "text"), ("member_id", "te
 SKIPPED_COLUMNS = (("event_id", "text"), ("program_id", "text"), ("reason_code", "text"),
                    ("reason", "text"), ("occurred_at", "timestamptz"))
 
-# What a batch reads of an order: not its breakdown (jsonb, decoded for nothing: a member's
-# orders of the last 12 months are read for every purchase, to know their tier).
+# What a batch reads of an order: not its breakdown (jsonb, decoded for nothing).
 ORDER_READ = ("program_id, order_id, event_id, member_id, program_version, total, points,"
               " returned_amount, points_reversed, occurred_at")
 
@@ -78,6 +79,11 @@ class BatchEarnRepository:
         self.orders: dict[tuple[str, str], Order] = {}
         self.order_at: dict[tuple[str, str], datetime] = {}
         self.order_rows: dict[tuple[str, str], dict[str, Any]] = {}  # what a new order stores
+        # Points each member earned from `settled_since` on, by orders the batch does not
+        # load and by awards: every window of the batch (12 months before one of its events)
+        # holds all of them. `member_orders` and `member_awards` hold the rest, row by row.
+        self.settled_since: datetime | None = None
+        self.earned_settled: dict[str, int] = {}
         self.member_orders: dict[str, tuple[tuple[str, str], ...]] = {}
         self.member_awards: dict[str, tuple[tuple[datetime, int], ...]] = {}
         self.dirty_members: dict[str, bool] = {}
@@ -92,13 +98,14 @@ class BatchEarnRepository:
     @classmethod
     async def load(cls, conn: asyncpg.Connection, *, program_ids: Iterable[str],
                    identifiers: Iterable[tuple[str, str, str]],
-                   orders: Iterable[tuple[str, str]], earliest: datetime,
+                   orders: Iterable[tuple[str, str]], earliest: datetime, latest: datetime,
                    returns: Iterable[str] = (), awards: Iterable[str] = ()
                    ) -> BatchEarnRepository:
         """Everything the records of a batch may read: `identifiers` are (program, kind,
-        value), `orders` (program, order id); `earliest` is the earliest event instant;
-        `returns` and `awards` the event ids of the batch's returns and of its activities and
-        adjustments, to know which of them were recorded before (see `recorded`)."""
+        value), `orders` (program, order id); `earliest` and `latest` are its first and last
+        event instants; `returns` and `awards` the event ids of the batch's returns and of its
+        activities and adjustments, to know which of them were recorded before (see
+        `recorded`)."""
         repo = cls()
         return_ids, award_ids = list(returns), list(awards)
         if return_ids or award_ids:
@@ -130,11 +137,27 @@ class BatchEarnRepository:
                 r["member_id"], r["program_id"], r["locale"], r["preferred_channel"],
                 r["phone"], r["email"])
             repo.tiers[r["member_id"]] = r["tier_id"]
-        since = earliest - TIER_WINDOW
+        # Every event's window starts between these two: what was earned from `settled` on
+        # is in all of them, summed by the database; what was earned between the two is read
+        # row by row, and so are the orders the batch returns (a return changes them).
+        since, settled = earliest - TIER_WINDOW, latest - TIER_WINDOW
+        repo.settled_since = settled
+        members = list(member_ids)
+        repo.earned_settled = {r["member_id"]: r["points"] for r in await conn.fetch(
+            "SELECT member_id, sum(points)::bigint AS points FROM ("
+            " SELECT member_id, points - points_reversed AS points FROM orders"
+            "  WHERE member_id = ANY($1::text[]) AND occurred_at >= $2"
+            "  AND (program_id, order_id) NOT IN"
+            "   (SELECT * FROM unnest($3::text[], $4::text[]))"
+            " UNION ALL SELECT member_id, points FROM awards"
+            "  WHERE member_id = ANY($1::text[]) AND occurred_at >= $2) earned"
+            " GROUP BY member_id",
+            members, settled, [r["program_id"] for r in order_rows],
+            [r["order_id"] for r in order_rows])}
         recent = await conn.fetch(
             f"SELECT {ORDER_READ} FROM orders WHERE member_id = ANY($1::text[])"
-            " AND occurred_at >= $2",
-            list(member_ids), since)
+            " AND occurred_at >= $2 AND occurred_at < $3",
+            members, since, settled) if since < settled else []
         for r in [*order_rows, *recent]:
             key = (r["program_id"], r["order_id"])
             if key in repo.orders:
@@ -147,8 +170,8 @@ class BatchEarnRepository:
                                                   key)
         for r in await conn.fetch(
                 "SELECT member_id, occurred_at, points FROM awards"
-                " WHERE member_id = ANY($1::text[]) AND occurred_at >= $2",
-                list(member_ids), since):
+                " WHERE member_id = ANY($1::text[]) AND occurred_at >= $2 AND occurred_at < $3",
+                members, since, settled) if since < settled else ():
             repo.member_awards[r["member_id"]] = (
                 *repo.member_awards.get(r["member_id"], ()), (r["occurred_at"], r["points"]))
         return repo
@@ -213,10 +236,14 @@ class BatchEarnRepository:
         return self.members.get(member_id)
 
     async def points_earned_since(self, member_id: str, since: datetime) -> int:
+        """Points earned from `since` on: the start of the 12 months before one of the batch's
+        events (no later than `settled_since`, which every such window includes)."""
+        if self.settled_since is not None and since > self.settled_since:
+            raise ValueError(f"{since} is after the window this batch loaded")
         orders = sum(self.orders[k].points - self.orders[k].points_reversed
                      for k in self.member_orders.get(member_id, ()) if self.order_at[k] >= since)
         awards = sum(p for at, p in self.member_awards.get(member_id, ()) if at >= since)
-        return orders + awards
+        return self.earned_settled.get(member_id, 0) + orders + awards
 
     async def set_tier(self, member_id: str, tier_id: str) -> tuple[bool, str | None]:
         previous = self.tiers.get(member_id)

@@ -45,6 +45,7 @@ def batched(apply: Callable[[BatchEarnRepository, Any, Outbox], Awaitable[None]]
                          for kind, value in identifier_items(e.customer)],
             orders=[(e.program_id, e.order_id) for e in events if isinstance(e, PurchaseEvent)],
             earliest=min(e.occurred_at for e in events),
+            latest=max(e.occurred_at for e in events),
             returns=[e.event_id for e in events
                      if isinstance(e, PurchaseEvent) and e.type == "purchase.returned"],
             awards=[e.event_id for e in events if not isinstance(e, PurchaseEvent)])
