@@ -7,14 +7,17 @@ services as processes) and offers `--rate` purchases/s for `--minutes`, paced in
 Shoppers are `--members` phones reused round-robin: new members first, then returning ones.
 Each purchase is matched to its `points.credited` (by source id = order_id) and to its
 `points_earned` SMS (by notification_id, which the ledger derives from the credit's event_id),
-so every purchase has both latencies, whether its shopper is new or returning.
+so every purchase has both latencies, whether its shopper is new or returning. Each result is
+timed by when the platform produced it (the record's CreateTime, set by the outbox relay), so
+the readers poll every half second and neither delay nor load what they measure.
 
 Every minute it prints: offered and credited rate, p50/p99 publish -> credit and publish -> SMS
 of the purchases sent in that minute, RSS of each service, the PSS of Postgres and the broker
-together (PSS counts Postgres's shared memory once, not once per backend) and this script's own
-RSS. At the end: each service's RSS in minute 1 against the last minute (Postgres and broker
-apart: Tansu keeps topics in memory, so it grows with every message by design), overall
-p50/p95/p99, and how many purchases were never credited or never got their SMS (both 0).
+together (PSS counts Postgres's shared memory once, not once per backend), this script's own
+RSS, and the CPU each part of the platform used in the minute (% of a core: what grows). At
+the end: each service's RSS in minute 1 against the last minute (Postgres and broker apart:
+Tansu keeps topics in memory, so it grows with every message by design), overall p50/p95/p99,
+and how many purchases were never credited or never got their SMS (both 0).
 Asserts nothing about speed.
 
     uv run python tests/bench/bench_soak.py [--rate 500] [--minutes 10] [--members 20000]
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from bench_flow import SERVICES, RssWatch, percentiles, purchase
-from common import own_running_platform, tail
+from common import cpu_seconds, emitted_at, own_running_platform, tail
 
 from loyalty import topics
 from loyalty.notifications import notification_id
@@ -41,6 +44,9 @@ from loyalty.notifications import notification_id
 MINUTE_S = 60.0
 TICK_S = 0.01
 GRACE_S = 30.0  # how long a minute's line waits for its stragglers before it is printed
+# Results are timed by when the platform produced them (CreateTime), so the readers need not
+# poll often: two readers polling every 10 ms cost the broker about a tenth of a core.
+READ_WAIT_MS = 500
 DRAIN_S = 120.0  # how long the end waits for the last credits and SMS
 EARLY_SMS_MAX = 10_000
 MiB = 2**20
@@ -57,6 +63,7 @@ class Minute:
     rss: dict[str, int] = field(default_factory=dict)
     infra_pss: dict[str, int] = field(default_factory=dict)
     own_rss: int = 0
+    cpu: dict[str, float] = field(default_factory=dict)  # % of a core in this minute, by part
 
 
 class Soak:
@@ -80,8 +87,8 @@ class Soak:
     async def read_ledger(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             for records in (await consumer.getmany(timeout_ms=200)).values():
-                now = time.perf_counter()
                 for r in records:
+                    now = emitted_at(r)
                     event = json.loads(r.value)
                     if event["type"] != "points.credited":
                         continue
@@ -103,8 +110,8 @@ class Soak:
     async def read_sms(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             for records in (await consumer.getmany(timeout_ms=200)).values():
-                now = time.perf_counter()
                 for r in records:
+                    now = emitted_at(r)
                     if b'"points_earned"' not in r.value:
                         continue  # welcome messages of new members
                     nid = json.loads(r.value)["notification_id"]
@@ -113,7 +120,7 @@ class Soak:
                     else:
                         self.early_sms[nid] = now
             if len(self.early_sms) > EARLY_SMS_MAX:  # a redelivered SMS is never matched
-                old = time.perf_counter() - DRAIN_S
+                old = time.time() - DRAIN_S
                 self.early_sms = {k: t for k, t in self.early_sms.items() if t > old}
 
     def record_sms(self, took: float, m: int) -> None:
@@ -157,6 +164,7 @@ def line(m: int, minute: Minute, names: list[str], pending: int) -> str:
             f"{p50_p99(minute.credit):>14} {p50_p99(minute.sms):>13}  "
             + " ".join(f"{minute.rss[n] / MiB:>8,.0f}" for n in names)
             + f" {sum(minute.infra_pss.values()) / MiB:>9,.0f} {minute.own_rss / MiB:>6,.0f}"
+            + "   cpu% " + " ".join(f"{part} {pct:.0f}" for part, pct in minute.cpu.items())
             + late)
 
 
@@ -167,8 +175,8 @@ async def soak(bootstrap: str, pids: dict[str, int], rate: float, minutes: int,
     state = Soak(minutes)
     names = list(pids)
     me = psutil.Process()
-    ledger = await tail(bootstrap, topics.LEDGER)
-    sms = await tail(bootstrap, topics.NOTIFICATIONS_SMS)
+    ledger = await tail(bootstrap, topics.LEDGER, READ_WAIT_MS)
+    sms = await tail(bootstrap, topics.NOTIFICATIONS_SMS, READ_WAIT_MS)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
     await producer.start()
     readers = [asyncio.create_task(state.read_ledger(ledger)),
@@ -193,14 +201,15 @@ async def soak(bootstrap: str, pids: dict[str, int], rate: float, minutes: int,
           f"(phones reused round-robin), {n:,} purchases", flush=True)
     print(header(names), flush=True)
     with RssWatch(pids) as rss:
-        state.started = time.perf_counter()
+        used = cpu_seconds(me)
+        state.started = time.time()
         per_tick = rate * TICK_S
         i = sampled = 0
         while printed < minutes:
-            due = min(n, int((time.perf_counter() - state.started) / TICK_S * per_tick) + 1)
+            due = min(n, int((time.time() - state.started) / TICK_S * per_tick) + 1)
             while i < due:
                 e = purchase(run, i, phones[i % members])
-                sent_at = time.perf_counter()
+                sent_at = time.time()
                 m = state.minute_of(sent_at)
                 state.awaiting_credit[e["order_id"]] = (sent_at, m)
                 state.minutes[m].sent += 1
@@ -208,17 +217,21 @@ async def soak(bootstrap: str, pids: dict[str, int], rate: float, minutes: int,
                                     key=e["order_id"].encode())
                 i += 1
             state.sent = i
-            now = time.perf_counter()
+            now = time.time()
             if sampled < minutes and now >= state.started + (sampled + 1) * MINUTE_S:
                 minute = state.minutes[sampled]
                 minute.rss = {name: rss.procs[name].memory_info().rss for name in names}
                 minute.infra_pss = infra_pss()
                 minute.own_rss = me.memory_info().rss
+                # Which part's cost grows over the minutes (CPU time, not wall time).
+                was, used = used, cpu_seconds(me)
+                minute.cpu = {part: 100 * (used[part] - was.get(part, 0.0)) / MINUTE_S
+                              for part in used}
                 sampled += 1
             print_due(now, sampled)
             await asyncio.sleep(TICK_S)
-        deadline = time.perf_counter() + DRAIN_S
-        while (state.awaiting_credit or state.awaiting_sms) and time.perf_counter() < deadline:
+        deadline = time.time() + DRAIN_S
+        while (state.awaiting_credit or state.awaiting_sms) and time.time() < deadline:
             await asyncio.sleep(0.2)
     for task in readers:
         task.cancel()
