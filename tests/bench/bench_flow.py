@@ -44,6 +44,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from common import (
+    CREATETIME_READ_WAIT_MS,
     add_processes,
     cpu_seconds,
     emitted_at,
@@ -161,12 +162,6 @@ class PySpy:
             for frame, n in own.most_common(top):
                 print(f"    {100 * n / total:5.1f}%    {frame[:100]}")
 
-# The results are read every half second, and timed by when the platform produced them
-# (`emitted_at`), not by when this script saw them: polling every 10 ms instead cost the
-# shared broker 6% of a core per reader and this script as much again, on the same two cores.
-READ_WAIT_MS = 500
-
-
 async def watch(consumer: AIOKafkaConsumer, wanted: set[str], key: str,
                 seen: dict[str, float]) -> None:
     """Record when each of `wanted` (the value of `key` in a record) was first produced."""
@@ -185,8 +180,8 @@ async def throughput(bootstrap: str, n: int, members: int) -> float:
     run = uuid.uuid4().hex[:8]
     phones = [f"+3706{i:07d}" for i in range(members)]
     events = [purchase(run, i, phones[i % members]) for i in range(n)]
-    ledger = await tail(bootstrap, topics.LEDGER, READ_WAIT_MS)
-    sms = await tail(bootstrap, topics.NOTIFICATIONS_SMS, READ_WAIT_MS)
+    ledger = await tail(bootstrap, topics.LEDGER, CREATETIME_READ_WAIT_MS)
+    sms = await tail(bootstrap, topics.NOTIFICATIONS_SMS, CREATETIME_READ_WAIT_MS)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     credited: dict[str, float] = {}
@@ -238,8 +233,8 @@ async def latency(bootstrap: str, rate: float, seconds: float) -> None:
     n = int(rate * seconds)
     phones = [f"+3709{int(run, 16) % 10**3:03d}{i:04d}" for i in range(n)]
     events = [purchase(run, i, phones[i]) for i in range(n)]
-    ledger = await tail(bootstrap, topics.LEDGER, READ_WAIT_MS)
-    sms = await tail(bootstrap, topics.NOTIFICATIONS_SMS, READ_WAIT_MS)
+    ledger = await tail(bootstrap, topics.LEDGER, CREATETIME_READ_WAIT_MS)
+    sms = await tail(bootstrap, topics.NOTIFICATIONS_SMS, CREATETIME_READ_WAIT_MS)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
     await producer.start()
     sent: dict[str, float] = {}

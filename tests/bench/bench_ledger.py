@@ -25,6 +25,7 @@ import uuid
 import psutil
 from aiokafka import AIOKafkaProducer
 from common import (
+    CREATETIME_READ_WAIT_MS,
     add_processes,
     cpu_seconds,
     emitted_at,
@@ -36,7 +37,6 @@ from common import (
 from loyalty import topics
 
 NOW = "2026-10-20T10:15:00+00:00"
-READ_WAIT_MS = 500  # the throughput run reads CreateTimes: its polling need not be frequent
 
 
 def command(run: str, i: int, member: str, rng: random.Random) -> dict:
@@ -59,7 +59,7 @@ async def throughput(bootstrap: str, n: int, members: int, ledgers: list[psutil.
     me = psutil.Process()
     run, rng = uuid.uuid4().hex[:8], random.Random(1)
     names = [f"bm-{run}-{i}" for i in range(members)]
-    events = await tail(bootstrap, topics.LEDGER, READ_WAIT_MS)
+    events = await tail(bootstrap, topics.LEDGER, CREATETIME_READ_WAIT_MS)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10,
                                 max_batch_size=1 << 20)
     await producer.start()

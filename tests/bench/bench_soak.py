@@ -36,7 +36,13 @@ from dataclasses import dataclass, field
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from bench_flow import SERVICES, RssWatch, percentiles, purchase
-from common import cpu_seconds, emitted_at, own_running_platform, tail
+from common import (
+    CREATETIME_READ_WAIT_MS,
+    cpu_seconds,
+    emitted_at,
+    own_running_platform,
+    tail,
+)
 
 from loyalty import topics
 from loyalty.notifications import notification_id
@@ -44,9 +50,6 @@ from loyalty.notifications import notification_id
 MINUTE_S = 60.0
 TICK_S = 0.01
 GRACE_S = 30.0  # how long a minute's line waits for its stragglers before it is printed
-# Results are timed by when the platform produced them (CreateTime), so the readers need not
-# poll often: two readers polling every 10 ms cost the broker about a tenth of a core.
-READ_WAIT_MS = 500
 DRAIN_S = 120.0  # how long the end waits for the last credits and SMS
 EARLY_SMS_MAX = 10_000
 MiB = 2**20
@@ -175,8 +178,8 @@ async def soak(bootstrap: str, pids: dict[str, int], rate: float, minutes: int,
     state = Soak(minutes)
     names = list(pids)
     me = psutil.Process()
-    ledger = await tail(bootstrap, topics.LEDGER, READ_WAIT_MS)
-    sms = await tail(bootstrap, topics.NOTIFICATIONS_SMS, READ_WAIT_MS)
+    ledger = await tail(bootstrap, topics.LEDGER, CREATETIME_READ_WAIT_MS)
+    sms = await tail(bootstrap, topics.NOTIFICATIONS_SMS, CREATETIME_READ_WAIT_MS)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
     await producer.start()
     readers = [asyncio.create_task(state.read_ledger(ledger)),
