@@ -689,7 +689,7 @@ class OutboxRelay:
         """Wait until the outbox is empty; False if it is not within `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if await self.pool.fetchval("SELECT count(*) FROM outbox") == 0:
+            if not await self.pool.fetchval("SELECT EXISTS (SELECT FROM outbox)"):
                 return True
             self.notify()
             await asyncio.sleep(0.05)
@@ -785,12 +785,19 @@ class OutboxRelay:
         return futures
 
     async def _stats(self) -> None:
+        # From the two ends of the id index, not count(*): the relay deletes every row it
+        # publishes, and until autovacuum comes (a minute apart by default) count(*) read
+        # each dead row. At 2,000 purchases/s that was 35-72 ms a call, a tenth of what
+        # Postgres executed. Ids taken by rolled-back transactions inside the range count
+        # too, so the backlog may be over by those; an empty outbox always reads 0.
         row = await self.pool.fetchrow(
-            "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age"
-            " FROM outbox")
-        self.backlog = row["n"]
-        metrics.OUTBOX_BACKLOG.labels(self.service).set(row["n"])
-        metrics.OUTBOX_OLDEST_AGE_SECONDS.labels(self.service).set(float(row["age"] or 0))
+            "SELECT (SELECT max(id) FROM outbox) - first.id + 1 AS n,"
+            " extract(epoch FROM now() - first.created_at) AS age"
+            " FROM (SELECT id, created_at FROM outbox ORDER BY id LIMIT 1) first")
+        n, age = (row["n"], float(row["age"])) if row is not None else (0, 0.0)
+        self.backlog = n
+        metrics.OUTBOX_BACKLOG.labels(self.service).set(n)
+        metrics.OUTBOX_OLDEST_AGE_SECONDS.labels(self.service).set(age)
         metrics.DB_POOL_SIZE.labels(self.service).set(self.pool.get_size())
         metrics.DB_POOL_IN_USE.labels(self.service).set(
             self.pool.get_size() - self.pool.get_idle_size())

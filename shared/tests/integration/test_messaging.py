@@ -340,3 +340,33 @@ async def test_a_large_batch_goes_into_the_inbox_at_once_and_a_redelivery_among_
     assert applied["big-0"] == 1 and applied["more-0"] == 2
     dead = await pool.fetch("SELECT headers FROM outbox WHERE topic = 'probe.v1.dlq'")
     assert [r["headers"]["error.code"] for r in dead] == ["id_conflict"]
+
+
+async def test_the_backlog_gauges_count_unpublished_rows_and_the_oldest_ones_age(pool) -> None:
+    """What `loyalty up` drains on and the outbox alerts read: 0 when empty, the rows left
+    while the relay deletes from the oldest, and how long the oldest has waited."""
+    relay = OutboxRelay(service="probe-stats", pool=pool, bootstrap="127.0.0.1:1")
+
+    def gauges() -> tuple[float, float]:
+        return (metrics.OUTBOX_BACKLOG.labels("probe-stats")._value.get(),
+                metrics.OUTBOX_OLDEST_AGE_SECONDS.labels("probe-stats")._value.get())
+
+    await relay._stats()
+    assert (relay.backlog, gauges()) == (0, (0, 0))
+    outbox = Outbox()
+    for seq in range(5):
+        outbox.add("probe.out.v1", "k", {"seq": seq})
+    async with pool.acquire() as conn:
+        await outbox.flush(conn)
+    await pool.execute("UPDATE outbox SET created_at = now() - interval '42 seconds'"
+                       " WHERE id = (SELECT min(id) FROM outbox)")
+    await relay._stats()
+    backlog, age = gauges()
+    assert (relay.backlog, backlog) == (5, 5) and 42 <= age < 52
+    await pool.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT 2)")
+    await relay._stats()
+    backlog, age = gauges()
+    assert backlog == 3 and age < 10
+    await pool.execute("DELETE FROM outbox")
+    await relay._stats()
+    assert (relay.backlog, gauges()) == (0, (0, 0))
