@@ -5,7 +5,8 @@ separate processes: earn, ledger, expiry-scheduler following every ledger event,
 reward-fulfilment), or uses a running `loyalty up` (found through .loyalty/runtime.json).
 Prints, in one run:
 - throughput: N purchases published at once, until every one is credited and has its SMS;
-- latency at a steady rate: p50/p95/p99 from publish to `points.credited` and to the SMS;
+- latency at a steady rate: p50/p95/p99 from when each purchase was due to `points.credited`
+  and to the SMS (`--tick-ms`: how often the load generator sends what is due, 10 ms);
 - peak RSS of each service process;
 - the same purchases through a deliberately plain per-message pipeline (one transaction, one
   acked produce and one offset commit per purchase) on the same broker and Postgres, and the
@@ -18,8 +19,8 @@ of pg_stat_statements; `--py-spy DIR` samples each service with py-spy during th
 run, writes its collapsed stacks (flamegraph input) to DIR and prints where its time goes.
 
     uv run python tests/bench/bench_flow.py [--purchases 20000] [--members 5000]
-        [--rate 2500] [--seconds 20] [--naive 2000] [--profile] [--py-spy DIR]
-        [--processes ledger=2 earn=2]
+        [--rate 2500] [--seconds 20] [--tick-ms 10] [--naive 2000] [--profile]
+        [--py-spy DIR] [--processes ledger=2 earn=2]
 """
 
 from __future__ import annotations
@@ -227,8 +228,9 @@ def percentiles(values: Iterable[float]) -> str:
     return f"p50 {statistics.median(ms):,.0f} ms, p95 {at(0.95):,.0f} ms, p99 {at(0.99):,.0f} ms"
 
 
-async def latency(bootstrap: str, rate: float, seconds: float) -> None:
-    """A steady `rate` of purchases, each by a new shopper (enrolment included)."""
+async def latency(bootstrap: str, rate: float, seconds: float, tick_s: float) -> None:
+    """A steady `rate` of purchases, each by a new shopper (enrolment included), sent every
+    `tick_s`; each is timed from when it was due, so the tick's wait counts."""
     run = uuid.uuid4().hex[:8]
     n = int(rate * seconds)
     phones = [f"+3709{int(run, 16) % 10**3:03d}{i:04d}" for i in range(n)]
@@ -243,15 +245,13 @@ async def latency(bootstrap: str, rate: float, seconds: float) -> None:
     watchers = asyncio.gather(
         watch(ledger, {e["order_id"] for e in events}, "source", credited),
         watch(sms, set(phones), "to", notified))
-    tick_s = 0.01
-    per_tick = rate * tick_s
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     i = 0
     while i < n:
-        due = min(n, int((time.perf_counter() - started) / tick_s * per_tick) + 1)
+        due = min(n, int((time.perf_counter() - started) * rate) + 1)
         while i < due:
             e = events[i]
-            sent[e["order_id"]] = sent[e["customer"]["phone"]] = time.time()
+            sent[e["order_id"]] = sent[e["customer"]["phone"]] = started_at + i / rate
             await producer.send(topics.PURCHASES, json.dumps(e).encode(),
                                 key=e["order_id"].encode())
             i += 1
@@ -321,6 +321,11 @@ async def pg_profile(pg_dsn: str) -> None:
             "SELECT schemaname || '.' || relname AS t, n_tup_ins AS ins, n_tup_upd AS upd,"
             " n_tup_del AS del FROM pg_stat_user_tables"
             " WHERE n_tup_ins + n_tup_upd + n_tup_del > 0 ORDER BY 1")
+        # A key lookup planned while its table was small scans it whole, until an ANALYZE
+        # makes the plan stale: what each table had read so.
+        scanned = await conn.fetch(
+            "SELECT schemaname || '.' || relname AS t, seq_scan, seq_tup_read"
+            " FROM pg_stat_user_tables WHERE seq_tup_read > 0 ORDER BY seq_tup_read DESC")
         wal = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
     finally:
         await conn.close()
@@ -328,6 +333,9 @@ async def pg_profile(pg_dsn: str) -> None:
     for r in rows:
         print(f"  {r['ms']:>7,} ms {r['calls']:>8,} calls {r['rows']:>9,} rows  {r['query']}")
     rows_written(tables, wal)
+    print("\nsequential scans (scans, rows read):")
+    for r in scanned[:12]:
+        print(f"  {r['t']:<28} {r['seq_scan']:>8,} {r['seq_tup_read']:>14,}")
 
 
 def rows_written(tables: list[asyncpg.Record], wal: asyncpg.Record) -> None:
@@ -377,7 +385,7 @@ async def measure(bootstrap: str, pg_dsn: str, pids: dict[str, int],
                   f"{cores} cores' time during the run, the platform used "
                   f"{sum(used.values()) / (cores * wall):.0%} and the load generator "
                   f"{own / (cores * wall):.0%}")
-        await latency(bootstrap, args.rate, args.seconds)
+        await latency(bootstrap, args.rate, args.seconds, args.tick_ms / 1000)
     if spy:
         print("\npy-spy during the throughput run, share of each service's busy samples:")
         spy.report()
@@ -408,6 +416,8 @@ async def main() -> None:
     parser.add_argument("--members", type=int, default=5_000)
     parser.add_argument("--rate", type=float, default=2_500)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--tick-ms", type=float, default=10,
+                        help="the steady rate's purchases go every this many ms")
     parser.add_argument("--naive", type=int, default=2_000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--py-spy", metavar="DIR", default=None)
