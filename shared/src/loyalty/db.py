@@ -147,7 +147,8 @@ async def provision_service(admin_dsn: str, service: str,
 # an ANALYZE of a new table holding a few hundred members, `member_id = ANY($1)` stayed a
 # sequential scan comparing every row with every key as the table grew. In a soak from an
 # empty database that was earn's dearest statement (30 ms a call for 100 of 20,000 members),
-# and Postgres took 29-37% of a core instead of 45-50% at 1,000 purchases/s once it was gone.
+# and with this setting Postgres took 29-37% of a core instead of 45-50% in the first minute at
+# 1,000 purchases/s.
 PLAN_CACHE_MODE = "force_custom_plan"
 
 
