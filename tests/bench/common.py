@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -31,6 +34,12 @@ async def own_platform(*services: str) -> AsyncIterator[str]:
 @asynccontextmanager
 async def own_running_platform(*services: str) -> AsyncIterator[tuple[str, Platform]]:
     """`own_platform`, yielding the running `Platform` too (its services' URLs and token)."""
+    # A SIGTERM (`kill`, a timeout) cancels the run like Ctrl-C, so the `finally` below still
+    # stops the platform and removes its folder (hundreds of MiB a run).
+    run = asyncio.current_task()
+    assert run is not None
+    with contextlib.suppress(NotImplementedError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, run.cancel)
     tmp = Path(tempfile.mkdtemp(prefix="loyalty-bench-"))
     infra = start_infrastructure(tmp)
     platform = Platform(infra.pg_dsn, infra.kafka_bootstrap, secrets.token_urlsafe(8), tmp,
