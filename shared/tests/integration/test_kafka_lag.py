@@ -4,6 +4,8 @@ assigned partition (`loyalty up` drains on it, dashboards alert on it)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -15,6 +17,20 @@ from loyalty.testing import unique
 from loyalty.topics import TopicSpec
 
 pytestmark = pytest.mark.integration
+
+
+@asynccontextmanager
+async def group_consumer(bootstrap: str, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer of `topic` in a group of its own, from the earliest offset, committing
+    nothing by itself."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=unique("lag.group"),
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                **kafka_client_kwargs())
+    await consumer.start()
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
 
 
 async def test_lag_is_what_the_group_has_not_committed_on_each_partition(infra) -> None:
@@ -29,11 +45,7 @@ async def test_lag_is_what_the_group_has_not_committed_on_each_partition(infra) 
         await producer.send_and_wait(topic, b"x", partition=1)
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=infra.kafka_bootstrap,
-                                group_id=unique("lag.group"), enable_auto_commit=False,
-                                auto_offset_reset="earliest", **kafka_client_kwargs())
-    await consumer.start()
-    try:
+    async with group_consumer(infra.kafka_bootstrap, topic) as consumer:
         for _ in range(100):  # until the group has its partitions
             if consumer.assignment():
                 break
@@ -46,8 +58,6 @@ async def test_lag_is_what_the_group_has_not_committed_on_each_partition(infra) 
         assert await kafka.lag_of(consumer) == {
             TopicPartition(topic, 0): 3, TopicPartition(topic, 1): 0,
             TopicPartition(topic, 2): 0}
-    finally:
-        await consumer.stop()
 
 
 async def test_a_batch_of_records_counts_as_its_records(infra) -> None:
@@ -65,11 +75,7 @@ async def test_a_batch_of_records_counts_as_its_records(infra) -> None:
         await (await producer.send_batch(batch, topic, partition=0))
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=infra.kafka_bootstrap,
-                                group_id=unique("lag.group"), enable_auto_commit=False,
-                                auto_offset_reset="earliest", **kafka_client_kwargs())
-    await consumer.start()
-    try:
+    async with group_consumer(infra.kafka_bootstrap, topic) as consumer:
         p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
         for _ in range(100):  # until the group has its partitions and has fetched them
             if consumer.assignment() and consumer.highwater(p0) and consumer.highwater(p1) == 0:
@@ -78,5 +84,3 @@ async def test_a_batch_of_records_counts_as_its_records(infra) -> None:
         assert await kafka.lag_of(consumer) == {p0: 5, p1: 0}
         await consumer.commit({p0: OffsetAndMetadata(4, "")})
         assert await kafka.lag_of(consumer) == {p0: 1, p1: 0}
-    finally:
-        await consumer.stop()
